@@ -1,0 +1,31 @@
+# bids-flux: `make demo` runs the whole path on this machine, `make test` runs the tests.
+# Both install what they need first (Debian packages, pinned PyPI packages into .venv).
+
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps test test-unit demo lint
+
+install: system-deps $(STAMP)
+
+system-deps:
+	@scripts/install-system.sh
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+test: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+demo: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/bidsflux demo $(DEMO_ARGS)
+

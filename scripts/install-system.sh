@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Debian packages the tests and the demo need. Installs only what is missing,
+# so a second run does nothing.
+set -euo pipefail
+missing=()
+[ -x /usr/bin/storescu ] || missing+=(dcmtk)
+command -v git >/dev/null || missing+=(git)
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-system: need root to install: ${missing[*]} (run: sudo apt-get install -y ${missing[*]})" >&2
+    exit 1
+fi
+echo "install-system: installing ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -1,0 +1,193 @@
+"""Stage 3, index: one DataLad dataset per session, one archive per series.
+
+``index_batch`` turns a completed spool batch into a commit of the session
+dataset: a deterministic tar per series (annexed, SHA256E) and
+``manifest.json`` (in git).  An identical resend changes nothing; new or
+changed series become an amendment commit that says what changed.  Counts
+are compared at this hop: instances in the batch must equal instances put
+into the archives, and every archive's key must be the one git-annex
+computed; a mismatch is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._locks import dataset_lock
+from ..errors import IndexingError
+from ..naming import expand, is_uid, sanitize
+from ..settings import Settings
+from .. import _datalad
+from ._dicom import read_series_info, read_tags
+from ._tar import build_archive, read_members
+from .manifest import MANIFEST_NAME, Manifest, SeriesEntry, describe_changes, hash_uids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionNames:
+    """Where a study goes, expanded from its tags and sanitised."""
+
+    group_path: str
+    session_path: str
+
+    def dataset_dir(self, settings: Settings) -> Path:
+        return settings.datasets_dir / self.group_path / "sourcedata" / "dicoms" / self.session_path
+
+
+@dataclass
+class IndexResult:
+    study_uid: str
+    names: SessionNames
+    dataset: Path
+    manifest: Manifest
+    changes: list[str]
+    commit: str
+    conflicts: list[tuple[str, Path]] = field(default_factory=list)
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+def session_names(settings: Settings, tags: dict[str, Any], study_uid: str) -> SessionNames:
+    """Expand the group and session templates; NamingError sends the study to quarantine."""
+    return SessionNames(
+        group_path=expand(settings.group_template, tags, "gitlab", study=study_uid),
+        session_path=expand(settings.session_template, tags, "filename", study=study_uid),
+    )
+
+
+def _series_files(batch_dir: Path) -> dict[Path, list[Path]]:
+    result = {}
+    for series_dir in sorted(p for p in batch_dir.iterdir() if p.is_dir()):
+        files = sorted(series_dir.glob("*.dcm"))
+        if files:
+            result[series_dir] = files
+    return result
+
+
+def _archive_name(info: dict[str, Any], taken: set[str], series_uid: str) -> str:
+    number = info.get("SeriesNumber")
+    description = sanitize(str(info.get("SeriesDescription") or info.get("ProtocolName") or ""), "filename")
+    stem = f"{int(number):03d}" if isinstance(number, int) else "000"
+    name = f"{stem}-{description}.tar" if description else f"{stem}.tar"
+    if name in taken:
+        name = f"{name[:-4]}-{series_uid.rsplit('.', 1)[-1][-12:]}.tar"
+    return name
+
+
+def index_batch(settings: Settings, study_uid: str, batch_dir: Path) -> IndexResult:
+    """Index one completed batch into its session dataset (idempotent)."""
+    series_files = _series_files(batch_dir)
+    if not series_files:
+        raise IndexingError("the batch holds no instances", study=study_uid)
+    tags = read_tags(next(iter(series_files.values()))[0])
+    if str(tags.get("StudyInstanceUID")) != study_uid or not is_uid(study_uid):
+        raise IndexingError("the spool folder and the instances disagree on the StudyInstanceUID",
+                            study=study_uid)
+    names = session_names(settings, tags, study_uid)
+    dataset = names.dataset_dir(settings)
+    with dataset_lock(settings.workdir / "locks", dataset):
+        return _index_locked(settings, study_uid, dataset, names, series_files, tags)
+
+
+def _index_locked(settings: Settings, study_uid: str, dataset: Path, names: SessionNames,
+                  series_files: dict[Path, list[Path]], tags: dict[str, Any]) -> IndexResult:
+    created = _datalad.ensure_dataset(
+        dataset, description=f"bids-flux session {study_uid}",
+        gitattributes=_datalad.SESSION_GITATTRIBUTES, study=study_uid,
+    )
+    old = Manifest.load(dataset, study_uid)
+    new = Manifest(study_uid, dict(old.series))
+    conflicts: list[tuple[str, Path]] = []
+    batch_instances = added = duplicates = 0
+    taken = {entry.archive for entry in old.series.values()}
+    for series_dir, files in series_files.items():
+        info = read_series_info(files[0])
+        series_uid = str(info["SeriesInstanceUID"] or series_dir.name)
+        members: dict[str, Path | bytes] = {f.name: f for f in files}
+        batch_instances += len(files)
+        previous = old.series.get(series_uid)
+        series_added = len(files)
+        if previous is not None:
+            archive_path = dataset / previous.archive
+            _datalad.get(dataset, [previous.archive], study=study_uid)
+            for name, data in read_members(archive_path).items():
+                incoming = members.get(name)
+                if incoming is None:
+                    members[name] = data
+                    continue
+                series_added -= 1
+                if isinstance(incoming, Path) and incoming.read_bytes() != data:
+                    # The archived instance stays; the different resend is kept aside.
+                    conflicts.append((name, incoming))
+                    members[name] = data
+                else:
+                    duplicates += 1
+            archive_name = previous.archive
+            _datalad.drop_pointer(archive_path)
+        else:
+            archive_name = _archive_name(info, taken, series_uid)
+            taken.add(archive_name)
+        archive = build_archive(members, dataset / archive_name)
+        expected = (previous.instances if previous else 0) + series_added
+        if archive.members != expected:
+            raise IndexingError(
+                f"count mismatch in {archive_name}: expected {expected} instances, archived "
+                f"{archive.members}", study=study_uid,
+            )
+        if previous is not None and archive.annex_key == previous.annex_key:
+            _datalad.restore_pointer(dataset, archive_name, study=study_uid)
+        added += series_added
+        new.series[series_uid] = SeriesEntry(
+            series_uid=series_uid,
+            number=info["SeriesNumber"] if isinstance(info["SeriesNumber"], int) else None,
+            description=str(info["SeriesDescription"] or ""),
+            modality=str(info["Modality"] or ""),
+            sop_class_uid=str(info["SOPClassUID"] or ""),
+            instances=archive.members,
+            sop_uids_sha256=hash_uids([name[:-4] for name in members]),
+            archive=archive_name,
+            annex_key=archive.annex_key,
+            bytes=archive.size,
+        )
+    if added + duplicates + len(conflicts) != batch_instances:
+        raise IndexingError(
+            f"count mismatch: {batch_instances} instances received, {added} archived, {duplicates} "
+            f"duplicates, {len(conflicts)} conflicts", study=study_uid,
+        )
+    changes = describe_changes(old, new)
+    (dataset / MANIFEST_NAME).write_text(new.to_json())
+    if changes or created:
+        title = "Index session" if not old.series else "Amend session"
+        message = f"[bids-flux] {title} {study_uid}\n\n" + "\n".join(changes) + "\n"
+        _datalad.save(dataset, message, study=study_uid)
+    _check_keys(dataset, new, study_uid)
+    return IndexResult(study_uid, names, dataset, new, changes, _datalad.head(dataset, study=study_uid),
+                       conflicts, tags)
+
+
+def _check_keys(dataset: Path, manifest: Manifest, study_uid: str) -> None:
+    archives = [entry.archive for entry in manifest.series.values()]
+    keys = _datalad.lookup_keys(dataset, archives, study=study_uid)
+    for entry in manifest.series.values():
+        if keys.get(entry.archive) != entry.annex_key:
+            raise IndexingError(
+                f"archive {entry.archive} has annex key {keys.get(entry.archive)} but the manifest says "
+                f"{entry.annex_key}", study=study_uid,
+            )
+
+
+ensure_dataset = _datalad.ensure_dataset
+save_dataset = _datalad.save
+get_content = _datalad.get
+dataset_id = _datalad.dataset_id
+
+__all__ = ["IndexResult", "Manifest", "SessionNames", "dataset_id", "ensure_dataset", "get_content",
+           "index_batch", "save_dataset", "session_names"]

@@ -1,0 +1,84 @@
+"""Deterministic series archives: the same instances always give the same bytes.
+
+Members are sorted, with fixed mtime, owner and mode, in USTAR format (no
+PAX headers carrying times), so a resent identical series yields the same
+annex key.  The SHA-256 is computed while writing, so the archive is read
+once; the index checks it against git-annex's key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+BLOCK = 1 << 20
+
+
+class _HashingWriter(io.RawIOBase):
+    def __init__(self, raw: io.BufferedWriter):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.sha.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+
+@dataclass(frozen=True)
+class Archive:
+    path: Path
+    members: int
+    size: int
+    sha256: str
+
+    @property
+    def annex_key(self) -> str:
+        return f"SHA256E-s{self.size}--{self.sha256}{self.path.suffix}"
+
+
+def build_archive(members: dict[str, Path | bytes], target: Path) -> Archive:
+    """Write ``members`` (name -> file or bytes) as a deterministic tar at ``target``."""
+    tmp = target.with_name(f".{target.name}.partial")
+    with open(tmp, "wb") as raw:
+        writer = _HashingWriter(raw)  # type: ignore[arg-type]
+        with tarfile.open(fileobj=writer, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
+            for name in sorted(members):
+                source = members[name]
+                data = source if isinstance(source, bytes) else None
+                info = tarfile.TarInfo(name)
+                info.size = len(data) if data is not None else source.stat().st_size  # type: ignore[union-attr]
+                info.mtime = 0
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if data is not None:
+                    tar.addfile(info, io.BytesIO(data))
+                else:
+                    with open(source, "rb") as fh:  # type: ignore[arg-type]
+                        tar.addfile(info, fh)
+        raw.flush()
+    tmp.replace(target)
+    return Archive(target, len(members), writer.size, writer.sha.hexdigest())
+
+
+def read_members(path: Path) -> dict[str, bytes]:
+    """All members of an archive, by name (used to amend a series)."""
+    with tarfile.open(path, "r:") as tar:
+        result = {}
+        for info in tar.getmembers():
+            if info.isfile():
+                fh = tar.extractfile(info)
+                if fh is not None:
+                    result[info.name] = fh.read()
+        return result

@@ -1,0 +1,31 @@
+"""Rendering the ledger for people: the ``bidsflux status`` table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from .ledger import StudyRecord
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_table(records: Sequence[StudyRecord], now: float | None = None) -> str:
+    if not records:
+        return "no studies yet"
+    now = time.time() if now is None else now
+    header = ("STUDY", "STATE", "GROUP", "SERIES", "INSTANCES", "MB", "UPDATED", "ERROR")
+    rows = [header]
+    for r in records:
+        rows.append((r.study_uid, str(r.state), r.group_path or "-", str(r.series), str(r.instances),
+                     f"{r.bytes / 1e6:.1f}", _age(now - r.updated_at) + " ago", (r.error or "")[:80]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+             for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
