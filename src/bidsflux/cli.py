@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._signals import wait_for_stop
 from .errors import BidsfluxError, UsageError
 from .settings import Settings, load_settings
 
@@ -121,12 +122,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("DICOM endpoint %s on %s:%d; forge at %s", settings.storescp_aet, service.endpoint.host,
              service.endpoint.port, service.forge_server.base_url)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        wait_for_stop()
     finally:
         service.stop()
+    return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:

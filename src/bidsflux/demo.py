@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from ._signals import wait_for_stop
 from .embedded import Service
 from .ledger import State
 from .scanner import StudySpec, send_study
@@ -68,11 +69,7 @@ def run_demo(settings: Settings, *, seed: int = 1, keep_serving: bool = True, ti
         print(f"datalad clone {bids_url}", flush=True)
         if keep_serving:
             print("(serving the forge and the DICOM endpoint; Ctrl-C stops)", file=sys.stderr, flush=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            wait_for_stop()
         return 0
     finally:
         service.stop()

@@ -31,7 +31,8 @@ MAX_SEGMENT = {"gitlab": 100, "s3": 63, "filename": 120}
 
 def is_uid(value: str) -> bool:
     """True for a syntactically valid DICOM UID (digits and dots, at most 64)."""
-    return 0 < len(value) <= 64 and bool(UID_RE.match(value))
+    # fullmatch: ``$`` alone would accept a trailing newline ("1.2\n").
+    return 0 < len(value) <= 64 and bool(UID_RE.fullmatch(value))
 
 
 def _ascii(value: str) -> str:
@@ -56,13 +57,16 @@ def sanitize(value: str, target: Target) -> str:
         text = re.sub(r"\.{2,}", ".", text)
         text = re.sub(r"-{2,}", "-", text)
         text = text.strip("._-")
-        while text.lower().endswith((".git", ".atom")):
-            text = text.rsplit(".", 1)[0].rstrip("._-")
     else:
         text = _FILENAME_BAD.sub("-", text)
         text = re.sub(r"\.{2,}", ".", text)
         text = text.strip(".-")
-    return text[: MAX_SEGMENT[target]].strip(".-_" if target != "s3" else ".-")
+    text = text[: MAX_SEGMENT[target]].strip(".-_" if target != "s3" else ".-")
+    if target == "gitlab":
+        # After truncating: cutting at 100 characters can expose a ".git" ending.
+        while text.lower().endswith((".git", ".atom")):
+            text = text.rsplit(".", 1)[0].rstrip("._-")
+    return text
 
 
 class _SanitisingFormatter(string.Formatter):

@@ -166,9 +166,23 @@ def setting_names() -> list[str]:
 
 def read_env_file(path: Path) -> dict[str, str]:
     """Parse a ``.env`` file: ``NAME=value`` lines, ``#`` comments, optional quotes."""
+    values, problems = _parse_env_file(path)
+    if problems:
+        raise SettingsError(problems)
+    return values
+
+
+def _parse_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
+    """Return (values, problems) so that the caller can report them with all others."""
     values: dict[str, str] = {}
     problems: list[str] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return values, [f"{path}: cannot read the .env file ({exc.strerror})"]
+    except UnicodeDecodeError:
+        return values, [f"{path}: the .env file is not UTF-8 text"]
+    for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -182,9 +196,7 @@ def read_env_file(path: Path) -> dict[str, str]:
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         values[name.strip()] = value
-    if problems:
-        raise SettingsError(problems)
-    return values
+    return values, problems
 
 
 def _read_secret(name: str, environ: Mapping[str, str], secrets_dir: Path) -> tuple[str | None, str | None]:
@@ -196,12 +208,16 @@ def _read_secret(name: str, environ: Mapping[str, str], secrets_dir: Path) -> tu
             return path.read_text(encoding="utf-8").strip(), None
         except OSError as exc:
             return None, f"{file_var}: cannot read the secret file {path} ({exc.strerror})"
+        except UnicodeDecodeError:
+            return None, f"{file_var}: the secret file {path} is not UTF-8 text"
     candidate = secrets_dir / name.lower()
     if candidate.is_file():
         try:
             return candidate.read_text(encoding="utf-8").strip(), None
         except OSError as exc:
             return None, f"{name}: cannot read the secret file {candidate} ({exc.strerror})"
+        except UnicodeDecodeError:
+            return None, f"{name}: the secret file {candidate} is not UTF-8 text"
     return None, None
 
 
@@ -221,12 +237,14 @@ def load_settings(
     if env_file is None and Path(".env").is_file():
         env_file = Path(".env")
     merged: dict[str, str] = {}
+    problems: list[str] = []
     if env_file is not None:
-        merged.update(read_env_file(env_file))
+        # Collected, not raised: a bad .env line is reported with every other problem.
+        file_values, problems = _parse_env_file(env_file)
+        merged.update(file_values)
     merged.update(environ)
 
     values: dict[str, Any] = {}
-    problems: list[str] = []
     for f in dataclasses.fields(Settings):
         name = f.metadata["env"]
         raw: str | None = merged.get(name)

@@ -17,13 +17,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import nibabel as nib
 import pytest
 
 from bidsflux.errors import ScannerError
-from bidsflux.scanner import StudySpec, generate_study, send_study, write_study
-from bidsflux.scanner import _send
+from bidsflux.scanner import StudySpec, _send, generate_study, send_study, write_study
 
 pytestmark = pytest.mark.integration
 
@@ -55,19 +55,24 @@ def bids(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # the dataset lands directly in `out`.
     cmd = [heudiconv, "--files", str(root / "dicom"), "-f", "reproin", "--bids", "-o", str(out),
            "-l", ".", "-c", "dcm2niix", "--overwrite"]
-    done = subprocess.run(cmd, cwd=root, env=tool_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, check=False, cwd=root, env=tool_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
 
-def sidecar(path: Path) -> dict:
+def shape(path: Path) -> tuple[int, ...]:
+    image: Any = nib.load(path)  # a Nifti1Image; nibabel's stubs only promise FileBasedImage
+    return tuple(image.shape)
+
+
+def sidecar(path: Path) -> dict[str, Any]:
     return json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
 
 
 def test_t1w_lands_in_anat(bids: Path) -> None:
     t1w = bids / SES / "anat" / "sub-sub01_ses-01_T1w.nii.gz"
     assert t1w.is_file()
-    assert sorted(nib.load(t1w).shape) == [32, 64, 64]  # sagittal slab; axis order is the converter's
+    assert sorted(shape(t1w)) == [32, 64, 64]  # sagittal slab; axis order is the converter's
     assert "ShimSetting" in sidecar(t1w)
 
 
@@ -75,7 +80,7 @@ def test_bold_runs_are_4d(bids: Path) -> None:
     runs = sorted((bids / SES / "func").glob("*_bold.nii.gz"))
     assert [r.name for r in runs] == [Path(r).name for r in BOLD_RUNS]
     for run in runs:
-        assert nib.load(run).shape == (32, 32, 12, 10)
+        assert shape(run) == (32, 32, 12, 10)
         meta = sidecar(run)
         assert meta["RepetitionTime"] == 2 and meta["TaskName"]
         assert meta["PhaseEncodingDirection"] == "j-"
@@ -86,7 +91,7 @@ def test_fieldmaps_have_intended_for(bids: Path) -> None:
     bold_shims = sidecar(bids / SES / "func" / Path(BOLD_RUNS[0]).name)["ShimSetting"]
     for direction, polarity in (("AP", "j-"), ("PA", "j")):
         epi = bids / SES / "fmap" / f"sub-sub01_ses-01_dir-{direction}_epi.nii.gz"
-        assert nib.load(epi).shape == (32, 32, 12, 2)
+        assert shape(epi) == (32, 32, 12, 2)
         meta = sidecar(epi)
         assert sorted(meta["IntendedFor"]) == BOLD_RUNS
         assert all((bids / "sub-sub01" / target).is_file() for target in meta["IntendedFor"])
@@ -96,8 +101,8 @@ def test_fieldmaps_have_intended_for(bids: Path) -> None:
 
 def test_bids_validator_reports_no_errors(bids: Path) -> None:
     validator = require("bids-validator-deno")
-    done = subprocess.run([validator, "--format", "json", str(bids)], env=tool_env(), capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([validator, "--format", "json", str(bids)], check=False, env=tool_env(),
+                          capture_output=True, text=True, timeout=300)
     report = json.loads(done.stdout)
     issues = report["issues"]["issues"]
     errors = [f"{i['code']} {i.get('subCode') or ''} {i.get('location', '')}" for i in issues
@@ -149,7 +154,7 @@ def test_send_study_delivers_every_instance(storescp: tuple[int, Path], monkeypa
     nodelay: list[int] = []
     original = _send._set_nodelay
 
-    def spy(event):  # type: ignore[no-untyped-def]
+    def spy(event: Any) -> None:
         original(event)
         raw = event.assoc.dul.socket.socket
         nodelay.append(raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
@@ -180,9 +185,35 @@ def test_rejected_association_names_the_ae_titles() -> None:
     ae.require_called_aet = True  # reject anything not addressed to SOMEONE_ELSE
     ae.supported_contexts = AllStoragePresentationContexts
     server = ae.start_server(("127.0.0.1", 0), block=False)
+    assert server is not None
     try:
         port = server.server_address[1]
         with pytest.raises(ScannerError, match=f"127.0.0.1:{port} rejected the association"):
             send_study(StudySpec(), "127.0.0.1", port, called_aet="BIDSFLUX")
     finally:
         server.shutdown()
+
+
+def test_implicit_only_peer_and_non_success_statuses_are_counted() -> None:
+    from pydicom.uid import ImplicitVRLittleEndian, MRImageStorage
+    from pynetdicom import AE, evt
+    from pynetdicom.dimse_primitives import C_STORE
+
+    seen: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        seen.append(event.context.transfer_syntax)
+        # warn about the scout: a warning is not a clean store, so it counts as failed
+        return 0xB000 if cast(C_STORE, event.request).AffectedSOPInstanceUID in scout else 0x0000
+
+    scout = {ds.SOPInstanceUID for ds in generate_study(StudySpec()) if ds.SeriesNumber == 1}
+    ae = AE(ae_title="BIDSFLUX")
+    ae.add_supported_context(MRImageStorage, ImplicitVRLittleEndian)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert server is not None
+    try:
+        result = send_study(StudySpec(), "127.0.0.1", server.server_address[1])
+    finally:
+        server.shutdown()
+    assert (result.sent, result.failed, result.series) == (320, 3, 6)
+    assert set(seen) == {ImplicitVRLittleEndian}

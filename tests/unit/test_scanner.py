@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import queue
 import re
 import warnings
 from collections import Counter
@@ -20,8 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from bidsflux.errors import BidsfluxError, ScannerError
-from bidsflux.scanner import StudySpec, generate_study, instance_count, study_uid, write_study
-from bidsflux.scanner import _csa
+from bidsflux.scanner import StudySpec, _csa, _send, generate_study, instance_count, study_uid, write_study
 
 with warnings.catch_warnings():  # nibabel.nicom warns that its DICOM readers are experimental
     warnings.simplefilter("ignore", UserWarning)
@@ -36,7 +36,7 @@ SERIES = [
     "func-bold_task-rest_run-02",
 ]
 SMALL_COUNTS = {1: 3, 2: 32, 3: 24, 4: 24, 5: 120, 6: 120}
-SHIM_RE = re.compile(r"^sGRADSPEC\.(asGPAData\[0\]\.lOffset[XYZ]|alShimCurrent\[\d\])\s*=\s*(-?\d+)$", re.M)
+SHIM_RE = re.compile(r"^sGRADSPEC\.(asGPAData\[0\]\.lOffset[XYZ]|alShimCurrent\[\d\])\s*=\s*(-?\d+)$", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_series_names_order_and_numbers(study: list[Dataset]) -> None:
 def test_instance_counts_small(study: list[Dataset]) -> None:
     assert Counter(int(ds.SeriesNumber) for ds in study) == SMALL_COUNTS
     assert instance_count(StudySpec()) == len(study) == 323
-    for number, items in by_series(study).items():
+    for items in by_series(study).values():
         assert [int(ds.InstanceNumber) for ds in items] == list(range(1, len(items) + 1))
     bold = by_series(study)[5]
     assert [int(ds.AcquisitionNumber) for ds in bold] == [i // 12 + 1 for i in range(120)]
@@ -86,11 +86,9 @@ def test_large_size_is_planned_without_generating() -> None:
 
 
 def test_generation_is_lazy() -> None:
-    stream = generate_study(StudySpec(size="large"))
-    assert inspect.isgenerator(stream)
-    first = next(stream)  # only the scout's first slice is computed
+    assert inspect.isgenerator(generate_study(StudySpec(size="large")))
+    first = next(generate_study(StudySpec(size="large")))  # only the scout's first slice is computed
     assert first.ProtocolName == "anat-scout_ses-01" and first.Rows == 256
-    stream.close()
 
 
 def test_uids_are_valid_unique_and_shared_where_they_should_be(study: list[Dataset]) -> None:
@@ -177,7 +175,7 @@ def test_pixels_are_plausible_uint16(study: list[Dataset]) -> None:
 def test_csa_headers_round_trip_through_nibabel(study: list[Dataset]) -> None:
     series = by_series(study)
     shims = set()
-    for number, items in series.items():
+    for items in series.values():
         ds = items[0]
         text = phoenix(ds)
         assert text.startswith("### ASCCONV BEGIN") and "### ASCCONV END ###" in text
@@ -226,7 +224,7 @@ def test_ascconv_parses_like_heudiconv_does(study: list[Dataset]) -> None:
 def test_write_study_writes_one_part10_file_per_instance(tmp_path: Path) -> None:
     paths = write_study(StudySpec(), tmp_path / "a")
     assert len(paths) == 323 and all(p.is_file() for p in paths)
-    assert sorted(p.parent.name for p in paths)[0] == "01-anat-scout_ses-01"
+    assert min(p.parent.name for p in paths) == "01-anat-scout_ses-01"
     assert len({p.parent for p in paths}) == 6
     raw = paths[-1].read_bytes()
     assert raw[128:132] == b"DICM"
@@ -236,7 +234,7 @@ def test_write_study_writes_one_part10_file_per_instance(tmp_path: Path) -> None
     # a second write gives byte-identical files
     again = write_study(StudySpec(), tmp_path / "b")
     assert [p.relative_to(tmp_path / "b") for p in again] == [p.relative_to(tmp_path / "a") for p in paths]
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(paths[::40], again[::40]))
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(paths[::40], again[::40], strict=True))
 
 
 def test_invalid_spec_raises_scanner_error() -> None:
@@ -246,9 +244,21 @@ def test_invalid_spec_raises_scanner_error() -> None:
         StudySpec(session="0-1")
     with pytest.raises(ScannerError):
         StudySpec(patient_id=" ")
+    with pytest.raises(ScannerError, match="seed"):
+        StudySpec(seed=-1)
+    with pytest.raises(ScannerError, match="0010,0020"):  # LO holds at most 64 characters
+        next(generate_study(StudySpec(patient_id="X" * 65)))
     assert issubclass(ScannerError, BidsfluxError)
 
 
 def test_spec_session_flows_into_the_scout_name() -> None:
     first = next(generate_study(StudySpec(session="pre")))
     assert first.ProtocolName == "anat-scout_ses-pre"
+
+
+def test_reactor_cannot_take_responses_meant_for_the_sender() -> None:
+    responses = _send._SenderOnlyQueue()
+    responses.put((1, "C-STORE-RSP"))
+    with pytest.raises(queue.Empty):  # the association reactor polls without blocking
+        responses.get(block=False)
+    assert responses.get(block=True, timeout=1) == (1, "C-STORE-RSP")

@@ -50,24 +50,29 @@ class Archive:
 def build_archive(members: dict[str, Path | bytes], target: Path) -> Archive:
     """Write ``members`` (name -> file or bytes) as a deterministic tar at ``target``."""
     tmp = target.with_name(f".{target.name}.partial")
-    with open(tmp, "wb") as raw:
-        writer = _HashingWriter(raw)  # type: ignore[arg-type]
-        with tarfile.open(fileobj=writer, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
-            for name in sorted(members):
-                source = members[name]
-                data = source if isinstance(source, bytes) else None
-                info = tarfile.TarInfo(name)
-                info.size = len(data) if data is not None else source.stat().st_size  # type: ignore[union-attr]
-                info.mtime = 0
-                info.mode = 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                if data is not None:
-                    tar.addfile(info, io.BytesIO(data))
-                else:
-                    with open(source, "rb") as fh:  # type: ignore[arg-type]
-                        tar.addfile(info, fh)
-        raw.flush()
+    try:
+        with open(tmp, "wb") as raw:
+            writer = _HashingWriter(raw)  # type: ignore[arg-type]
+            with tarfile.open(fileobj=writer, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
+                for name in sorted(members):
+                    source = members[name]
+                    data = source if isinstance(source, bytes) else None
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data) if data is not None else source.stat().st_size  # type: ignore[union-attr]
+                    info.mtime = 0
+                    info.mode = 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    if data is not None:
+                        tar.addfile(info, io.BytesIO(data))
+                    else:
+                        with open(source, "rb") as fh:  # type: ignore[arg-type]
+                            tar.addfile(info, fh)
+            raw.flush()
+    except BaseException:
+        # A half-written archive must not stay in the dataset, where a later save would commit it.
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(target)
     return Archive(target, len(members), writer.size, writer.sha.hexdigest())
 

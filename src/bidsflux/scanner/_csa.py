@@ -38,8 +38,7 @@ _DELIMITER = 77  # Siemens writes 77 after counts; dcm2niix checks the header on
 _EMPTY_TAG = 205
 _MIN_ITEMS = 6
 _EMPTY_ITEM = struct.pack("<4i", 0, 0, _DELIMITER, 0)
-# syngo data-type codes as seen in real headers; readers ignore them, but a
-# plausible value keeps third-party dumpers (e.g. gdcmdump --csa) quiet.
+# syngo data-type codes as found in scanner output; nibabel and dcm2niix ignore them.
 _SYNGO_DT = {"DS": 3, "FD": 4, "FL": 5, "IS": 6, "SL": 7, "SS": 8, "UL": 9, "US": 10,
              "CS": 16, "LO": 19, "LT": 20, "SH": 22, "ST": 23, "UI": 25, "UN": 27}
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass, replace
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -21,14 +22,14 @@ from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 from bidsflux.errors import ScannerError
 from bidsflux.scanner import _csa
 
 _NAMESPACE = uuid.UUID("6f0c5d2e-4b7a-5c1e-9d3f-2a8b7c6d5e4f")
-_IMPLEMENTATION_UID = f"2.25.{uuid.uuid5(_NAMESPACE, 'implementation').int}"
+_IMPLEMENTATION_UID = UID(f"2.25.{uuid.uuid5(_NAMESPACE, 'implementation').int}")
 _DATE, _BIRTH_DATE, _AGE = "20240312", "19900615", "033Y"
 _GAP_US = 30_000_000  # pause between series, as at a real console
 
@@ -52,6 +53,8 @@ class StudySpec:
             raise ScannerError(f"session {self.session!r} is not a BIDS label", hint="use letters and digits")
         if not self.patient_id.strip():
             raise ScannerError("patient_id is empty", hint="give a subject identifier such as 'SUB01'")
+        if self.seed < 0:
+            raise ScannerError(f"seed {self.seed} is negative", hint="use a seed of 0 or more")
 
 
 # scout matrix, T1w slices and matrix, EPI slices and matrix, BOLD and fmap volumes
@@ -92,9 +95,9 @@ class _Series:
 def _plan(spec: StudySpec) -> list[_Series]:
     """The series of ``spec`` in acquisition order, with start times."""
     scout, t1_n, t1_m, epi_n, epi_m, bold_v, fmap_v = _SIZES[spec.size]
-    epi = dict(kind="epi", matrix=epi_m, slices=epi_n, fov=192.0, spacing=108.0 / epi_n)
-    fmap = dict(epi, volumes=fmap_v, tr=7220.0, te=66.0, flip=90.0)  # spin-echo EPI
-    bold = dict(epi, volumes=bold_v, tr=2000.0, te=30.0, flip=77.0, pe_positive=1)
+    epi: dict[str, Any] = {"kind": "epi", "matrix": epi_m, "slices": epi_n, "fov": 192.0, "spacing": 108.0 / epi_n}
+    fmap: dict[str, Any] = {**epi, "volumes": fmap_v, "tr": 7220.0, "te": 66.0, "flip": 90.0}  # spin-echo EPI
+    bold: dict[str, Any] = {**epi, "volumes": bold_v, "tr": 2000.0, "te": 30.0, "flip": 77.0, "pe_positive": 1}
     series = [
         _Series(1, f"anat-scout_ses-{spec.session}", "scout", scout, 3, 1, 260.0, 7.0, 8.6, 4.0, 20.0),
         _Series(2, "anat-T1w", "t1w", t1_m, t1_n, 1, 256.0, 176.0 / t1_n, 2300.0, 2.32, 8.0, ti=900.0),
@@ -175,17 +178,23 @@ def _phantom(s: _Series, index: int) -> tuple[np.ndarray, np.ndarray]:
     return (img * _SCALE[s.kind]).astype(np.float32), act.astype(np.float32)
 
 
-@lru_cache(maxsize=None)
-def _tag(keyword: str) -> tuple[Tag, str]:
-    tag = Tag(tag_for_keyword(keyword))
+@cache
+def _tag(keyword: str) -> tuple[BaseTag, str]:
+    number = tag_for_keyword(keyword)
+    if number is None:
+        raise KeyError(f"not a DICOM keyword: {keyword}")
+    tag = Tag(number)
     return tag, dictionary_VR(tag)
 
 
-def _el(keyword: str, value: object) -> tuple[Tag, str, object]:
+def _el(keyword: str, value: object) -> tuple[BaseTag, str, object]:
     return (*_tag(keyword), value)
 
 
-def _series_elements(spec: StudySpec, s: _Series, shims: tuple[int, ...]) -> list[tuple[Tag, str, object]]:
+_Elements = list[tuple[BaseTag, str, object]]
+
+
+def _series_elements(spec: StudySpec, s: _Series, shims: tuple[int, ...]) -> _Elements:
     """(tag, VR, value) of everything shared by the instances of a series; each
     instance gets its own DataElements, so callers may modify what they receive."""
     epi, t1 = s.kind == "epi", s.kind == "t1w"
@@ -234,7 +243,8 @@ def _series_elements(spec: StudySpec, s: _Series, shims: tuple[int, ...]) -> lis
         fov=s.fov, tr_ms=s.tr, te_ms=s.te, flip=s.flip, volumes=s.volumes, duration_s=s.duration_s,
         shims=shims, three_d=t1, epi=epi, ti_ms=s.ti)
     image_csa = _csa.image_header(
-        slice_normal=np.cross(*_geometry(s, 0)[1:]), slice_duration_ms=s.tr / s.slices if epi else s.tr,
+        slice_normal=[float(v) for v in np.cross(*_geometry(s, 0)[1:])],
+        slice_duration_ms=s.tr / s.slices if epi else s.tr,
         phase_positive=s.pe_positive, bandwidth_pe=bw_pe, dwell_ns=dwell_ns)
     # "SIEMENS MR HEADER" block: dcm2niix takes DwellTime from (0019,1018)
     els += [(Tag(0x0019, 0x0010), "LO", "SIEMENS MR HEADER"), (Tag(0x0019, 0x1008), "CS", "IMAGE NUM 4"),
@@ -242,9 +252,10 @@ def _series_elements(spec: StudySpec, s: _Series, shims: tuple[int, ...]) -> lis
     if bw_pe is not None:
         els.append((Tag(0x0019, 0x1028), "FD", bw_pe))
     els += [(Tag(0x0029, 0x0010), "LO", _csa.CSA_PRIVATE_CREATOR), (Tag(0x0029, 0x1008), "CS", "IMAGE NUM 4"),
-            (Tag(0x0029, 0x1009), "LO", "20100114"), (Tag(0x0029, 0x1010), "OB", image_csa),
+            (Tag(0x0029, 0x1009), "LO", "20100114"),
+            (Tag(0x0029, 0x1000 + _csa.CSA_IMAGE_ELEMENT), "OB", image_csa),
             (Tag(0x0029, 0x1018), "CS", "MR"), (Tag(0x0029, 0x1019), "LO", "20100114"),
-            (Tag(0x0029, 0x1020), "OB", _csa.series_header(protocol))]
+            (Tag(0x0029, 0x1000 + _csa.CSA_SERIES_ELEMENT), "OB", _csa.series_header(protocol))]
     return els
 
 
@@ -255,7 +266,7 @@ def _shims(spec: StudySpec) -> tuple[int, ...]:
     return (*offsets, *(int(v) for v in rng.integers(-600, 600, size=5)))
 
 
-def _instance(spec: StudySpec, s: _Series, static: list, number: int, vol: int, k: int, pixels: bytes) -> Dataset:
+def _instance(spec: StudySpec, s: _Series, static: _Elements, number: int, vol: int, k: int, pixels: bytes) -> Dataset:
     """One instance: slice ``k`` of volume ``vol``, the ``number``-th of its series."""
     if s.kind == "scout":
         t_us = s.start_us + k * 4_000_000
@@ -294,8 +305,12 @@ def generate_study(spec: StudySpec) -> Iterator[Dataset]:
     shims = _shims(spec)
     for s in _plan(spec):
         static = _series_elements(spec, s, shims)
-        for tag, vr, value in static:  # raises on a bad value before any instance is yielded
-            DataElement(tag, vr, value, validation_mode=config.RAISE)
+        for tag, vr, value in static:  # fail on a bad spec value before any instance is yielded
+            try:
+                DataElement(tag, vr, value, validation_mode=config.RAISE)
+            except ValueError as exc:
+                raise ScannerError(f"invalid value for {tag} ({vr}): {exc}", study=study_uid(spec),
+                                   hint="shorten or simplify the StudySpec field") from exc
         rng = np.random.default_rng([spec.seed, s.number])
         epi_slices = [_phantom(s, k) for k in range(s.slices)] if s.kind == "epi" else None
         sigma = 0.015 * _SCALE[s.kind]

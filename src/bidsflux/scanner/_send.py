@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage
+from pynetdicom.events import EventHandlerType
 
 from bidsflux.errors import ScannerError
 from bidsflux.scanner._generate import StudySpec, generate_study, instance_count, study_uid
@@ -50,7 +51,7 @@ def _set_nodelay(event: evt.Event) -> None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _SenderOnlyQueue(queue.Queue):  # type: ignore[type-arg]
+class _SenderOnlyQueue(queue.Queue[Any]):
     """A DIMSE message queue that only blocking readers can take from.
 
     pynetdicom 3.0.4's association reactor polls the same queue as
@@ -70,9 +71,10 @@ class _SenderOnlyQueue(queue.Queue):  # type: ignore[type-arg]
 
 
 def _guard_responses(assoc: Association) -> None:
-    dimse = getattr(assoc, "dimse", None)
-    if isinstance(getattr(dimse, "msg_queue", None), queue.Queue) and dimse.msg_queue.empty():
-        dimse.msg_queue = _SenderOnlyQueue()
+    """Swap in :class:`_SenderOnlyQueue` while the association is still idle."""
+    current = getattr(assoc.dimse, "msg_queue", None)
+    if isinstance(current, queue.Queue) and current.empty():
+        assoc.dimse.msg_queue = _SenderOnlyQueue()
 
 
 def _refusal(
@@ -135,7 +137,7 @@ def send_study(
     def _count(event: evt.Event) -> None:
         wire[0] += len(event.data)
 
-    handlers = [(evt.EVT_CONN_OPEN, _opened), (evt.EVT_DATA_SENT, _count)]
+    handlers: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, _opened), (evt.EVT_DATA_SENT, _count)]
     try:
         assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=handlers)
     except (OSError, ValueError) as exc:  # e.g. unresolvable host name
