@@ -1,9 +1,9 @@
 """One frozen, typed settings object, built once at start-up.
 
 Sources, lowest precedence first: built-in defaults, a ``.env`` file, the
-process environment, and secret files.  A secret ``NAME`` is read from the
-file named by ``NAME_FILE`` or, failing that, from ``/run/secrets/name``
-(Docker swarm secrets).  Every problem is collected and reported at once as
+process environment.  A secret ``NAME`` set in neither is read from the file
+named by ``NAME_FILE`` or, failing that, from ``/run/secrets/name`` (Docker
+swarm secrets); command-line options win over everything.  Every problem is collected and reported at once as
 one :class:`SettingsError`; no bad value is silently replaced.
 
 Names follow the original BIDS-flux where it had one

@@ -268,13 +268,24 @@ def test_property_filename(value: str) -> None:
 
 @PROPERTY
 @given(value=values, target=st.sampled_from(["gitlab", "s3", "filename"]))
+@example(value="a" * 96 + ".git" + "tail", target="gitlab")
+@example(value="a" * 95 + ".atom" + "tail", target="gitlab")
 def test_property_sanitize_is_one_clean_segment(value: str, target: str) -> None:
     result = sanitize(value, target)  # type: ignore[arg-type]
     assert "/" not in result
     assert result not in {".", ".."}
     assert result.isascii() and result.isprintable()
-    if result:
-        assert sanitize(result, target) == result  # idempotent  # type: ignore[arg-type]
+    if not result:
+        return
+    assert sanitize(result, target) == result  # type: ignore[arg-type]  # idempotent
+    if target == "gitlab":
+        check_gitlab(result, 0)
+    elif target == "filename":
+        check_filename(result)
+    else:
+        assert len(result) <= 63
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", result), result
+        assert ".." not in result
 
 
 # -- UIDs -------------------------------------------------------------------------

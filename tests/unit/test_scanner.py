@@ -262,3 +262,9 @@ def test_reactor_cannot_take_responses_meant_for_the_sender() -> None:
     with pytest.raises(queue.Empty):  # the association reactor polls without blocking
         responses.get(block=False)
     assert responses.get(block=True, timeout=1) == (1, "C-STORE-RSP")
+
+
+@pytest.mark.parametrize("title", ["", "X" * 17, "A\\B"])
+def test_invalid_ae_titles_fail_before_connecting(title: str) -> None:
+    with pytest.raises(ScannerError, match="invalid AE title"):
+        _send.send_study(StudySpec(), "127.0.0.1", 9, called_aet=title)

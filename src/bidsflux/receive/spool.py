@@ -18,6 +18,7 @@ import enum
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ from ..naming import is_uid
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that the file is either absent or whole."""
+    os.replace(_write_temp(path, data), path)
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` fsynced under a temporary name next to ``path``; return that name."""
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
@@ -42,7 +48,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    return tmp
 
 
 def fsync_dir(path: Path) -> None:
@@ -84,6 +90,7 @@ class Spool:
         self.conflicts = root / "conflicts"
         for folder in (self.incoming, self.complete, self.quarantine_dir, self.conflicts):
             folder.mkdir(parents=True, exist_ok=True)
+        self._publish_lock = threading.Lock()
 
     # -- receiving
     def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> StoreOutcome:
@@ -94,16 +101,28 @@ class Spool:
         series_dir = self.incoming / study_uid / series_uid
         target = series_dir / f"{sop_uid}.dcm"
         if target.exists():
-            if target.read_bytes() == data:
-                return StoreOutcome.DUPLICATE
-            self.keep_conflict(study_uid, sop_uid, data)
-            return StoreOutcome.CONFLICT
+            return self._resend(study_uid, sop_uid, target, data)
         new_dirs = not series_dir.is_dir()
         series_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(target, data)
+        tmp = _write_temp(target, data)
+        with self._publish_lock:
+            # Checked again under the lock: two associations may send one SOP at the same
+            # time, and a plain replace would silently drop the first one's bytes.
+            filed = not target.exists()
+            if filed:
+                os.replace(tmp, target)
+        if not filed:
+            tmp.unlink(missing_ok=True)
+            return self._resend(study_uid, sop_uid, target, data)
         if new_dirs:
             fsync_dir(series_dir.parent)
         return StoreOutcome.STORED
+
+    def _resend(self, study_uid: str, sop_uid: str, target: Path, data: bytes) -> StoreOutcome:
+        if target.read_bytes() == data:
+            return StoreOutcome.DUPLICATE
+        self.keep_conflict(study_uid, sop_uid, data)
+        return StoreOutcome.CONFLICT
 
     def keep_conflict(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
         folder = self.conflicts / study_uid
@@ -148,8 +167,9 @@ class Spool:
         """Completed batches not yet indexed, oldest first."""
         found = []
         for path in self.complete.iterdir():
-            uid, sep, _ = path.name.partition("@")
-            if sep and is_uid(uid) and path.is_dir():
+            uid, sep, batch_id = path.name.partition("@")
+            # A stray folder with a non-numeric batch id would crash the sort below.
+            if sep and is_uid(uid) and batch_id.isascii() and batch_id.isdigit() and path.is_dir():
                 found.append(Batch(uid, path))
         return sorted(found, key=lambda b: int(b.batch_id))
 

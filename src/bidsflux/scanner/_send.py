@@ -120,6 +120,10 @@ def send_study(
     where = f"{host}:{port}"
     uid = study_uid(spec)
     total = instance_count(spec)
+    for title in (called_aet, calling_aet):  # pynetdicom would raise a bare ValueError later
+        if not 0 < len(title.strip()) <= 16 or "\\" in title or not title.isprintable():
+            raise ScannerError(f"invalid AE title {title!r} for sending to {where}", study=uid,
+                               hint="use 1 to 16 printable characters without a backslash")
     ae = AE(ae_title=calling_aet)
     ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     ae.acse_timeout = 30
@@ -154,11 +158,14 @@ def send_study(
             raise ScannerError(f"DICOM peer {where} accepted the association but not MR Image Storage",
                                study=uid, hint="configure the receiver to accept MR Image Storage")
         for ds in generate_study(spec):
-            if not assoc.is_established:
+            try:
+                if not assoc.is_established:
+                    raise RuntimeError("association no longer established")
+                status = assoc.send_c_store(ds, msg_id=done % 65536 + 1)
+            except RuntimeError as exc:  # pynetdicom's answer to sending on a dead association
                 raise ScannerError(
                     f"DICOM peer {where} dropped the association after {done} of {total} instances",
-                    study=uid, hint="check the receiver's log and free disk space, then send again")
-            status = assoc.send_c_store(ds, msg_id=done % 65536 + 1)
+                    study=uid, hint="check the receiver's log and free disk space, then send again") from exc
             done += 1
             if getattr(status, "Status", None) == 0x0000:
                 sent += 1
