@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from . import storage
 from ._fs import remove_tree

@@ -3,8 +3,9 @@
 Sources, lowest precedence first: built-in defaults, a ``.env`` file, the
 process environment.  A secret ``NAME`` set in neither is read from the file
 named by ``NAME_FILE`` or, failing that, from ``/run/secrets/name`` (Docker
-swarm secrets); command-line options win over everything.  Every problem is collected and reported at once as
-one :class:`SettingsError`; no bad value is silently replaced.
+swarm secrets); command-line options win over everything.  An empty value
+leaves an optional setting unset.  Every problem is collected and reported
+at once as one :class:`SettingsError`; no bad value is silently replaced.
 
 Names follow the original BIDS-flux where it had one
 (``GITLAB_INDEXER_GROUP_TEMPLATE``, ``S3_URL_PATTERN``, ``STORESCP_AET`` ...).
@@ -17,109 +18,40 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ._settings_fields import boolean, log_level, setting
+from ._settings_forge import ForgeSettings
+from ._settings_receive import ReceiveSettings
+from ._settings_storage import StorageSettings
 from .errors import SettingsError
 
 SECRETS_DIR = Path("/run/secrets")
-AET_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
-
-
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 65535:
-        raise ValueError("must be a TCP port between 0 and 65535 (0 picks a free one)")
-    return value
-
-
-def _bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("must be one of true/false/yes/no/1/0")
-
-
-def _aet(raw: str) -> str:
-    if not AET_RE.match(raw) or not raw.strip():
-        raise ValueError("must be 1-16 printable ASCII characters without backslash")
-    return raw.strip()
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return raw
-
-    return parse
-
-
-def _text(raw: str) -> str:
-    return raw
-
-
-def _log_level(raw: str) -> str:
-    upper = raw.upper()
-    if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
-    return upper
-
-
-def _setting(env: str, default: Any, parse: Callable[[str], Any] = _text, *, secret: bool = False) -> Any:
-    return field(default=default, metadata={"env": env, "parse": parse, "secret": secret})
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Every setting of bids-flux; build with :func:`load_settings`."""
+class GeneralSettings:
+    workdir: Path = setting("BIDSFLUX_WORKDIR", Path("bidsflux-work"), Path)
+    log_level: str = setting("BIDSFLUX_LOG_LEVEL", "INFO", log_level)
+    group_template: str = setting("GITLAB_INDEXER_GROUP_TEMPLATE", "{ReferringPhysicianName}/{StudyDescriptionPath[1]}")
+    session_template: str = setting("BIDSFLUX_SESSION_TEMPLATE", "{StudyInstanceUID}")
 
-    # -- general
-    workdir: Path = _setting("BIDSFLUX_WORKDIR", Path("bidsflux-work"), Path)
-    log_level: str = _setting("BIDSFLUX_LOG_LEVEL", "INFO", _log_level)
 
-    # -- receive: the DICOM endpoint
-    storescp_aet: str = _setting("STORESCP_AET", "BIDSFLUX", _aet)
-    storescp_port: int = _setting("STORESCP_PORT", 11112, _port)
-    storescp_host: str = _setting("STORESCP_HOST", "127.0.0.1")
+@dataclass(frozen=True)
+class ConvertSettings:
+    bids_heuristic: str = setting("BIDSFLUX_HEURISTIC", "reproin")
+    bids_auto_merge: bool = setting("BIDSFLUX_AUTO_MERGE", True, boolean)
 
-    # -- assemble: when is a study complete
-    quiet_period: float = _setting("BIDSFLUX_QUIET_PERIOD", 60.0, _positive_float)
 
-    # -- naming: templates over DICOM tags
-    group_template: str = _setting(
-        "GITLAB_INDEXER_GROUP_TEMPLATE", "{ReferringPhysicianName}/{StudyDescriptionPath[1]}"
-    )
-    session_template: str = _setting("BIDSFLUX_SESSION_TEMPLATE", "{StudyInstanceUID}")
-    s3_url_pattern: str = _setting(
-        "S3_URL_PATTERN", "bidsflux-{ReferringPhysicianName}/{StudyDescriptionPath[1]}"
-    )
+@dataclass(frozen=True)
+class Settings(ConvertSettings, ForgeSettings, StorageSettings, ReceiveSettings, GeneralSettings):
+    """Every setting of bids-flux, one frozen object; build with :func:`load_settings`.
 
-    # -- storage: where annexed content goes
-    storage_type: str = _setting("BIDSFLUX_STORAGE_TYPE", "local", _choice("local"))
-    storage_remote: str = _setting("BIDSFLUX_STORAGE_REMOTE", "bidsflux-storage")
-    storage_local_path: Path | None = _setting("BIDSFLUX_STORAGE_LOCAL_PATH", None, Path)
-
-    # -- forge: where git history goes
-    forge_type: str = _setting("BIDSFLUX_FORGE_TYPE", "local", _choice("local"))
-    forge_host: str = _setting("BIDSFLUX_FORGE_HOST", "127.0.0.1")
-    forge_port: int = _setting("BIDSFLUX_FORGE_PORT", 8418, _port)
-    forge_token: str | None = _setting("BIDSFLUX_FORGE_TOKEN", None, secret=True)
-    gitlab_bot_username: str = _setting("GITLAB_BOT_USERNAME", "dicom_bot")
-
-    # -- convert: BIDS conversion
-    bids_heuristic: str = _setting("BIDSFLUX_HEURISTIC", "reproin")
-    bids_auto_merge: bool = _setting("BIDSFLUX_AUTO_MERGE", True, _bool)
+    Each stage declares its own fields (``_settings_*`` modules); this class
+    only combines them and derives the work folder's layout.
+    """
 
     @property
     def spool_dir(self) -> Path:
@@ -253,7 +185,7 @@ def load_settings(
             if problem:
                 problems.append(problem)
                 continue
-        if raw is None:
+        if raw is None or (raw == "" and f.default is None):
             continue
         try:
             values[f.name] = f.metadata["parse"](raw)

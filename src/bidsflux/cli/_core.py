@@ -1,82 +1,34 @@
-"""The ``bidsflux`` command line: the only place that prints errors.
-
-Each failure is one line on stderr (what failed, for which study, what to
-do) and a stable exit code from the error's family; ``--debug`` adds the
-traceback.
-"""
+"""The core commands: serve, demo, send-test-study, status, ci convert."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._signals import wait_for_stop
-from .errors import BidsfluxError, UsageError
-from .settings import Settings, load_settings
+from .._signals import wait_for_stop
+from ..errors import UsageError
+from ..settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-EXIT_INTERRUPTED = 130
-LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 
-
-class _StudyFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        uid = getattr(record, "study_uid", None)
-        record.study = f" [{uid}]" if uid else ""
-        return True
-
-
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_StudyFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s%(study)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("pynetdicom", "datalad"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-
-
-def _quiet_datalad() -> None:
-    # DataLad sets its own log level when imported; progress comes from our own lines.
-    os.environ.setdefault("DATALAD_LOG_LEVEL", "WARNING")
-    os.environ.setdefault("DATALAD_UI_PROGRESSBAR", "none")
-
-
-def _git_identity_defaults() -> None:
-    # Commits made by the indexer carry the bot's name, whatever the machine's git config says.
-    for var, value in (("GIT_AUTHOR_NAME", "dicom_bot"), ("GIT_COMMITTER_NAME", "dicom_bot"),
-                       ("GIT_AUTHOR_EMAIL", "dicom_bot@bids-flux.invalid"),
-                       ("GIT_COMMITTER_EMAIL", "dicom_bot@bids-flux.invalid")):
-        os.environ.setdefault(var, value)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bidsflux", description="MRI studies in, versioned BIDS datasets out.")
-    parser.add_argument("--version", action="version", version=f"bidsflux {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("--env-file", type=Path, help="read settings from this .env file (default ./.env)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def register(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the DICOM endpoint and every stage (embedded default)")
     serve.add_argument("--port", type=int, help="DICOM port (STORESCP_PORT)")
     serve.add_argument("--aet", help="AE title (STORESCP_AET)")
     serve.add_argument("--workdir", type=Path, help="work folder (BIDSFLUX_WORKDIR)")
+    serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run everything, send a synthetic study to it, follow it through")
     demo.add_argument("--workdir", type=Path, help="work folder (default ./bidsflux-demo)")
     demo.add_argument("--exit", action="store_true", help="stop after the summary instead of serving on")
     demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(func=cmd_demo)
 
     send = sub.add_parser("send-test-study", help="generate a synthetic MR study and C-STORE it")
     send.add_argument("host", nargs="?")
@@ -89,12 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--session", default="01")
     send.add_argument("--size", choices=("small", "large"), default="small")
     send.add_argument("--output", type=Path, help="write the files here instead of sending them")
+    send.set_defaults(func=cmd_send)
 
     status = sub.add_parser("status", help="every study with its state and counts")
     status.add_argument("--json", action="store_true")
     status.add_argument("--state", action="append", help="only studies in this state (repeatable)")
     status.add_argument("--study", help="only this study (UID, * as wildcard)")
     status.add_argument("--workdir", type=Path)
+    status.set_defaults(func=cmd_status)
 
     ci = sub.add_parser("ci", help="the commands CI jobs run")
     ci_sub = ci.add_subparsers(dest="job", metavar="JOB")
@@ -105,18 +59,19 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--study", required=True)
     convert.add_argument("--job-dir", type=Path, default=Path("."))
     convert.add_argument("--result", type=Path, help="write the outcome as JSON here")
-    return parser
+    convert.set_defaults(func=cmd_ci_convert)
 
 
-def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Settings from the environment and .env, with the command line's options on top."""
     overrides = {key: value for key, value in overrides.items() if value is not None}
     return load_settings(env_file=args.env_file, overrides=overrides)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .embedded import Service
+    from ..embedded import Service
 
-    settings = _settings(args, storescp_port=args.port, storescp_aet=args.aet, workdir=args.workdir)
+    settings = settings_from(args, storescp_port=args.port, storescp_aet=args.aet, workdir=args.workdir)
     service = Service(settings, progress=lambda study, msg: log.info(msg, extra={"study_uid": study})).start()
     assert service.endpoint is not None
     log.info("DICOM endpoint %s on %s:%d; forge at %s", settings.storescp_aet, service.endpoint.host,
@@ -129,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from .scanner import StudySpec, send_study, write_study
+    from ..scanner import StudySpec, send_study, write_study
 
     spec = StudySpec(seed=args.seed, patient_id=args.patient_id, study_description=args.study,
                      session=args.session, size=args.size)
@@ -159,10 +114,10 @@ def _progress_bar(label: str) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .ledger import Ledger, State
-    from .status import format_table
+    from ..ledger import Ledger, State
+    from ..status import format_table
 
-    settings = _settings(args, workdir=args.workdir)
+    settings = settings_from(args, workdir=args.workdir)
     if not settings.ledger_path.exists():
         records = []
     else:
@@ -181,17 +136,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     workdir = args.workdir or Path("bidsflux-demo")
-    settings = _settings(args, workdir=workdir)
+    settings = settings_from(args, workdir=workdir)
     return run_demo(settings, seed=args.seed, keep_serving=not args.exit)
 
 
-def cmd_ci(args: argparse.Namespace) -> int:
-    from .convert import run_convert_job
+def cmd_ci_convert(args: argparse.Namespace) -> int:
+    from ..convert import run_convert_job
 
-    settings = _settings(args)
+    settings = settings_from(args)
     outcome = run_convert_job(settings, bids_url=args.bids_url, session=args.session, study_uid=args.study,
                               job_dir=args.job_dir.resolve())
     if args.result:
@@ -200,24 +155,3 @@ def cmd_ci(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "demo": cmd_demo, "send-test-study": cmd_send, "status": cmd_status,
-            "ci": cmd_ci}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    # Before settings load (which may fail): a bad level is reported by the settings, not here.
-    level = os.environ.get("BIDSFLUX_LOG_LEVEL", "INFO").upper()
-    _configure_logging("DEBUG" if args.debug else level if level in LOG_LEVELS else "INFO")
-    _git_identity_defaults()
-    _quiet_datalad()
-    try:
-        return COMMANDS[args.command](args)
-    except BidsfluxError as exc:
-        if args.debug:
-            log.exception("failed")
-        print(f"bidsflux: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
