@@ -9,13 +9,23 @@ from __future__ import annotations
 
 
 class BidsfluxError(Exception):
-    """Root of every error bids-flux raises on purpose."""
+    """Root of every error bids-flux raises on purpose.
+
+    ``transient=True`` marks a failure worth retrying as it is (a service
+    unreachable, a timeout): the worker retries it with backoff and the study
+    waits in its last durable state.  Anything else is permanent and ends the
+    study FAILED with the reason.
+    """
 
     exit_code = 1
+    transient = False
 
-    def __init__(self, message: str, *, study: str | None = None, hint: str | None = None):
+    def __init__(self, message: str, *, study: str | None = None, hint: str | None = None,
+                 transient: bool | None = None):
         self.study = study
         self.hint = hint
+        if transient is not None:
+            self.transient = transient
         super().__init__(message)
 
     def __str__(self) -> str:

@@ -22,6 +22,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--port", type=int, help="DICOM port (STORESCP_PORT)")
     serve.add_argument("--aet", help="AE title (STORESCP_AET)")
     serve.add_argument("--workdir", type=Path, help="work folder (BIDSFLUX_WORKDIR)")
+    serve.add_argument("--no-endpoint", action="store_true",
+                       help="no DICOM endpoint: process what another receiver puts in the spool")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run everything, send a synthetic study to it, follow it through")
@@ -72,10 +74,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..embedded import Service
 
     settings = settings_from(args, storescp_port=args.port, storescp_aet=args.aet, workdir=args.workdir)
-    service = Service(settings, progress=lambda study, msg: log.info(msg, extra={"study_uid": study})).start()
-    assert service.endpoint is not None
-    log.info("DICOM endpoint %s on %s:%d; forge at %s", settings.storescp_aet, service.endpoint.host,
-             service.endpoint.port, service.forge_server.base_url)
+    service = Service(settings, progress=lambda study, msg: log.info(msg, extra={"study_uid": study}))
+    service.start(receive=not args.no_endpoint)
+    if service.endpoint is not None:
+        log.info("DICOM endpoint %s on %s:%d", settings.storescp_aet, service.endpoint.host, service.endpoint.port)
+    log.info("forge at %s; work folder %s", service.forge_server.base_url, settings.workdir)
     try:
         wait_for_stop()
     finally:

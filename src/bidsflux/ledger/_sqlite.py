@@ -215,6 +215,24 @@ class Ledger:
                 raise
         return self.require(study_uid)
 
+    def merge_details(self, study_uid: str, details: dict[str, Any]) -> None:
+        """Merge ``details`` into a known study's JSON details without a state change."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute("SELECT details FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+                if row is None:
+                    raise LedgerError("no such study in the ledger", study=study_uid)
+                merged = json.loads(row[0])
+                merged.update(details)
+                cur.execute("UPDATE studies SET details = ?, updated_at = ? WHERE study_uid = ?",
+                            (json.dumps(merged, sort_keys=True), time.time(), study_uid))
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
     def update(self, study_uid: str, **columns: Any) -> None:
         """Update summary columns without a state change (arrival counters)."""
         unknown = set(columns) - set(_COLUMNS)
