@@ -93,10 +93,15 @@ def clone(source: str, path: Path, *, study: str | None, error: type[BidsfluxErr
     _call(dl.clone, study, error=error, source=source, path=str(path))
 
 
-def push(path: Path, to: str, *, study: str | None, error: type[BidsfluxError] = IndexingError) -> None:
-    """Push git history (all branches DataLad tracks, and git-annex) to ``to``; no data."""
+def push(path: Path, to: str, *, study: str | None, error: type[BidsfluxError] = IndexingError,
+         force: bool = False) -> None:
+    """Push the current branch and git-annex to ``to``; no data.
+
+    ``force`` replaces the remote branch (a re-run conversion branch).
+    """
     dl = _api()
-    _call(dl.push, study, error=error, dataset=str(path), to=to, data="nothing")
+    _call(dl.push, study, error=error, dataset=str(path), to=to, data="nothing",
+          force="gitpush" if force else None)
 
 
 def lookup_keys(path: Path, files: list[str], *, study: str | None) -> dict[str, str]:
@@ -123,10 +128,26 @@ def drop_pointer(path: Path) -> None:
         path.unlink()
 
 
-def restore_pointer(path: Path, name: str, *, study: str | None) -> None:
-    """Put back the committed pointer of an archive whose rebuild gave the same key."""
-    (path / name).unlink()
-    git("checkout", "--", name, cwd=path, error=IndexingError, study=study)
+def annex_known_content(path: Path, key: str, source: Path, name: str, *, study: str | None) -> None:
+    """Put ``source`` into the annex as ``key`` and stage ``name`` pointing at it.
+
+    The caller computed ``key`` from the very bytes it wrote, so git-annex is
+    told not to hash them again (``annex.verify=false``): the archive is read
+    once, not twice.
+    """
+    run(["git", "-c", "annex.verify=false", "annex", "setkey", key, source], cwd=path,
+        error=IndexingError, study=study)
+    drop_pointer(path / name)
+    run(["git", "annex", "fromkey", "--force", key, name], cwd=path, error=IndexingError, study=study)
+
+
+def recover_worktree(path: Path) -> None:
+    """Clear what a killed writer left behind; only call while holding the dataset lock."""
+    lock = path / ".git" / "index.lock"
+    if lock.exists():
+        lock.unlink()
+    for partial in path.glob(".*.partial"):
+        partial.unlink()
 
 
 def create_ria_storage(path: Path, name: str, url: str, *, study: str | None,
@@ -139,3 +160,8 @@ def create_ria_storage(path: Path, name: str, url: str, *, study: str | None,
     dl = _api()
     _call(dl.create_sibling_ria, study, error=error, dataset=str(path), url=url,
           name=name, storage_sibling="only", new_store_ok=True)
+
+
+def is_dirty(path: Path, *, study: str | None) -> bool:
+    """Anything staged, modified or untracked (a killed writer's leftovers)."""
+    return bool(git("status", "--porcelain", cwd=path, error=IndexingError, study=study))

@@ -1,27 +1,39 @@
-"""The embedded default: every stage on one machine, one study at a time.
+"""The embedded default: every stage on one machine, driven by durable state.
 
 ``Service`` starts the forge (smart HTTP on loopback), the DICOM endpoint,
-the assembler, and one worker thread that takes each completed batch
-through index -> store -> publish -> convert, writing every outcome to the
-ledger.  The worker reads only durable state (spool batches, the ledger),
-so a restart picks up where the last run stopped.
+the assembler, and one worker thread.  The worker reads only durable state
+(completed spool batches, the ledger) and moves each study one stage at a
+time: a batch is indexed, then the study is stored, published and converted
+from what the ledger says.  So a restart resumes every study from its last
+recorded state, and `bidsflux retry` only has to put a study back into a
+state the worker acts on.
+
+Transient errors (``exc.transient``) are retried with exponential backoff
+while the study stays in its last good state; permanent ones end it FAILED
+with the reason; naming errors QUARANTINE it.  A batch that cannot be
+indexed is kept under ``spool/failed`` or ``spool/quarantine``, never dropped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from . import storage
+from . import faults, storage
+from ._datalad import head as dataset_head
 from ._fs import remove_tree
 from .assemble import Assembler
 from .errors import BidsfluxError, NamingError
 from .forge import ForgeServer, LocalForge, forge_token
 from .forge.publish import publish_session
-from .index import index_batch
+from .index import IndexResult, Manifest, SessionNames, index_batch
 from .ledger import TERMINAL_STATES, Ledger, State
+from .metrics import MetricsServer
 from .receive import Batch, Endpoint, Spool, StudyCounters
 from .runner import run_job
 from .settings import Settings
@@ -30,9 +42,30 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, str], None]
 
+# What the worker does for a study in each state (batches are handled apart).
+RESUME = {
+    State.INDEXED: "store",
+    State.STORED: "publish",
+    State.PUBLISHED: "convert",
+    State.CONVERTING: "convert",
+    State.CONVERTED: "convert",
+    State.VALIDATED: "convert",  # killed before merging; with auto-merge off it waits for review
+}
+
 
 def _quiet(study: str, message: str) -> None:
     log.info(message, extra={"study_uid": study})
+
+
+def park_batch(spool: Spool, batch: Batch, folder: str, reason: str | None = None) -> Path:
+    """Move a batch out of the queue into ``spool/<folder>`` (with why, if given)."""
+    target_dir = spool.root / folder
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / batch.path.name
+    os.rename(batch.path, target)
+    if reason is not None:
+        (target / "reason.json").write_text(json.dumps({"study": batch.study_uid, "reason": reason}))
+    return target
 
 
 class Service:
@@ -48,15 +81,19 @@ class Service:
         self.forge_server = ForgeServer(settings.forge_dir, forge_token(settings),
                                         settings.forge_host, settings.forge_port)
         self.forge = LocalForge(settings, self.forge_server.base_url)
+        self.metrics: MetricsServer | None = None
         self.endpoint: Endpoint | None = None
         self.assembler: Assembler | None = None
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="bidsflux-worker", daemon=True)
-        self.idle = threading.Event()
+        self._not_before: dict[str, float] = {}
+        self._attempts: dict[str, int] = {}
 
     # -- lifecycle
     def start(self, *, receive: bool = True) -> Service:
         self.forge_server.start()
+        if self.settings.metrics_port is not None:
+            self.metrics = MetricsServer(self.ledger, self.settings.metrics_host, self.settings.metrics_port).start()
         if receive:
             self.endpoint = Endpoint(self.spool, aet=self.settings.storescp_aet,
                                      host=self.settings.storescp_host, port=self.settings.storescp_port,
@@ -70,6 +107,8 @@ class Service:
         if self.endpoint is not None:
             self.endpoint.stop()
         self._worker.join(timeout=600)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.forge_server.stop()
         self.ledger.close()
 
@@ -81,21 +120,93 @@ class Service:
     # -- the worker
     def _work(self) -> None:
         while not self._stop.is_set():
-            busy = False
             if self.assembler is not None:
                 self._flush_counters()
                 for batch in self.assembler.tick():
                     self.progress(batch.study_uid, "complete")
-            for batch in self.spool.batches():
-                if self._stop.is_set():
-                    return
-                busy = True
-                self.process_batch(batch)
-            if busy:
+            if not self.step():
+                self._stop.wait(self.tick)
+
+    def step(self) -> bool:
+        """Do one unit of due work (a batch, or one stage of one study); False when idle."""
+        now = time.time()
+        pending = set()
+        for batch in self.spool.batches():
+            pending.add(batch.study_uid)
+            if self._due(batch.study_uid, now):
+                self._attempt(batch.study_uid, lambda b=batch: self._index(b), batch)
+                return True
+        for batch in self._parked_unrecorded():
+            # Killed after parking the batch but before the ledger said INDEXED.
+            if self._due(batch.study_uid, now):
+                self._attempt(batch.study_uid, lambda b=batch: self._index(b), batch)
+                return True
+        for record in self.ledger.studies(RESUME):
+            study = record.study_uid
+            if study in pending or not self._due(study, now):
                 continue
-            self.idle.set()
-            self._stop.wait(self.tick)
-            self.idle.clear()
+            if record.state is State.VALIDATED and not self.settings.bids_auto_merge:
+                continue
+            action = getattr(self, f"_{RESUME[record.state]}")
+            self._attempt(study, lambda s=study, a=action: a(s))
+            return True
+        return False
+
+    def _parked_unrecorded(self) -> list[Batch]:
+        folder = self.spool.root / "indexed"
+        if not folder.is_dir():
+            return []
+        waiting = {r.study_uid for r in self.ledger.studies([State.COMPLETE, State.RECEIVING])}
+        found = []
+        for path in sorted(folder.iterdir()):
+            uid, sep, _ = path.name.partition("@")
+            if sep and uid in waiting:
+                found.append(Batch(uid, path))
+        return found
+
+    def _due(self, study: str, now: float) -> bool:
+        return self._not_before.get(study, 0.0) <= now
+
+    def _attempt(self, study: str, action: Callable[[], None], batch: Batch | None = None) -> None:
+        try:
+            action()
+        except NamingError as exc:
+            self._give_up(study, batch, State.QUARANTINED, str(exc), "quarantine")
+        except BidsfluxError as exc:
+            if exc.transient:
+                self._retry_later(study, exc, batch)
+            else:
+                self._give_up(study, batch, State.FAILED, str(exc), "failed")
+        except Exception as exc:  # noqa: BLE001 - one study's bug must not stop the others
+            log.exception("unexpected error", extra={"study_uid": study})
+            self._give_up(study, batch, State.FAILED, f"internal error: {type(exc).__name__}: {exc}", "failed")
+        else:
+            self._attempts.pop(study, None)
+            self._not_before.pop(study, None)
+
+    def _retry_later(self, study: str, exc: BidsfluxError, batch: Batch | None) -> None:
+        attempt = self._attempts.get(study, 0) + 1
+        if attempt > self.settings.retry_attempts:
+            self._give_up(study, batch, State.FAILED, f"gave up after {attempt - 1} attempts: {exc}", "failed")
+            return
+        self._attempts[study] = attempt
+        delay = min(self.settings.retry_initial * 2 ** (attempt - 1), self.settings.retry_max)
+        self._not_before[study] = time.time() + delay
+        record = self.ledger.get(study)
+        state = record.state if record is not None else State.COMPLETE
+        self.ledger.transition(study, state, error=f"retrying in {delay:.0f}s: {exc}", attempt=attempt)
+        self.progress(study, f"waiting in {state} (attempt {attempt}, retry in {delay:.0f}s): {exc}")
+
+    def _give_up(self, study: str, batch: Batch | None, state: State, reason: str, folder: str) -> None:
+        self._attempts.pop(study, None)
+        self._not_before.pop(study, None)
+        details = {}
+        if batch is not None and batch.path.exists():
+            details["kept_at"] = str(park_batch(self.spool, batch, folder, reason))
+        record = self.ledger.get(study)
+        attempt = (record.attempt if record else 0) + 1
+        self.ledger.transition(study, state, error=reason[:2000], attempt=attempt, details=details)
+        self.progress(study, f"{state}: {reason}")
 
     def _flush_counters(self) -> None:
         if self.endpoint is None:
@@ -106,89 +217,84 @@ class Service:
         for uid, instances, nbytes, series, last in snapshot:
             self.ledger.update(uid, instances=instances, bytes=nbytes, series=series, last_arrival=last)
 
-    def process_batch(self, batch: Batch) -> None:
-        """Take one completed batch as far as it goes; every outcome lands in the ledger."""
+    # -- the stages
+    def _index(self, batch: Batch) -> None:
         study = batch.study_uid
-        try:
-            self._process(batch)
-        except NamingError as exc:
-            where = self.spool.quarantine_batch(batch, str(exc))
-            self.ledger.transition(study, State.QUARANTINED, error=str(exc), counts={"kept_at": str(where)})
-            self.progress(study, f"QUARANTINED: {exc}")
-        except BidsfluxError as exc:
-            record = self.ledger.get(study)
-            attempt = (record.attempt if record else 0) + 1
-            self.ledger.transition(study, State.FAILED, error=str(exc), attempt=attempt)
-            self.progress(study, f"FAILED: {exc}")
-            if batch.path.exists():
-                # Kept for `bidsflux retry`; out of the queue so it does not spin.
-                self.spool.quarantine_batch(batch, f"failed: {exc}")
-        except Exception as exc:  # noqa: BLE001 - one study's bug must not stop the others
-            log.exception("unexpected error", extra={"study_uid": study})
-            message = f"internal error: {type(exc).__name__}: {exc}"
-            self.ledger.transition(study, State.FAILED, error=message[:500])
-            self.progress(study, f"FAILED: {message}")
-            if batch.path.exists():
-                self.spool.quarantine_batch(batch, message)
-
-    def _process(self, batch: Batch) -> None:
-        study = batch.study_uid
-        settings = self.settings
         self.progress(study, "indexing")
-        result = index_batch(settings, study, batch.path)
+        route = _read_route(batch.path)
+        result = index_batch(self.settings, study, batch.path, group_template=route.get("group_template"))
         for name, path in result.conflicts:
-            self.spool.keep_conflict(study, name[:-4], path.read_bytes())
+            self.spool.keep_conflict(study, name.rsplit(".", 1)[0], path.read_bytes())
+        parked = park_batch(self.spool, batch, "indexed") if batch.path.parent.name == "complete" else batch.path
+        faults.point("worker.before_indexed")
         self.ledger.transition(
             study, State.INDEXED, group_path=result.names.group_path, series=len(result.manifest.series),
             counts={"series": len(result.manifest.series), "instances": result.manifest.instances,
-                    "changes": result.changes, "conflicts": len(result.conflicts), "commit": result.commit},
-            details={"dataset": str(result.dataset), "session_path": result.names.session_path},
+                    "changes": result.changes, "conflicts": len(result.conflicts), "commit": result.commit,
+                    "tags_defaulted": result.defaulted},
+            details={"dataset": str(result.dataset), "session_path": result.names.session_path,
+                     "changed": result.changed or _previous_unmerged(self.ledger, study),
+                     "route": route.get("rule"), "indexed_batch": str(parked)},
         )
         self.progress(study, f"indexed: {len(result.manifest.series)} series, {result.manifest.instances} "
                              f"instances" + ("" if result.changed else " (resend, nothing changed)"))
-        stored = storage.push(settings, result.dataset, study=study)
+
+    def _store(self, study: str) -> None:
+        record = self.ledger.require(study)
+        dataset = Path(record.details["dataset"])
+        stored = storage.push(self.settings, dataset, study=study)
+        manifest = Manifest.load(dataset, study)
+        if stored.keys < len(manifest.series):
+            raise BidsfluxError(f"{stored.keys} archives verified in the store, the manifest has "
+                                f"{len(manifest.series)}", study=study)
         self.ledger.transition(study, State.STORED, counts={"keys": stored.keys, "bytes": stored.bytes})
         self.progress(study, f"stored and verified: {stored.keys} archives, {stored.bytes / 1e6:.1f} MB")
-        remove_tree(batch.path)  # every instance is now in a verified archive
-        published = publish_session(settings, self.forge, result)
+        for parked in (self.spool.root / "indexed").glob(f"{study}@*"):
+            remove_tree(parked)  # every instance is now in a verified archive
+
+    def _publish(self, study: str) -> None:
+        record = self.ledger.require(study)
+        dataset = Path(record.details["dataset"])
+        result = IndexResult(
+            study, SessionNames(record.group_path or "", record.details["session_path"]), dataset,
+            Manifest.load(dataset, study), [], dataset_head(dataset, study=study),
+        )
+        published = publish_session(self.settings, self.forge, result)
         self.ledger.transition(study, State.PUBLISHED, details={
             "session_url": published.session_url, "study_url": published.study_url,
             "bids_url": published.bids_url})
         self.progress(study, f"published: {published.session_url}")
-        previous = self.ledger.require(study).details.get("merge_commit")
-        if not result.changed and previous:
+
+    def _convert(self, study: str) -> None:
+        record = self.ledger.require(study)
+        if not record.details.get("changed", True) and record.details.get("merge_commit"):
             self.ledger.transition(study, State.MERGED, counts={"unchanged": True})
             self.progress(study, "conversion unchanged (identical resend)")
             return
-        self.convert(study, published.bids_url, published.session_path)
-
-    def convert(self, study: str, bids_url: str, session: str) -> None:
-        """Run the conversion job through the local runner and record its outcome."""
         self.ledger.transition(study, State.CONVERTING)
         self.progress(study, "converting (local runner: bidsflux ci convert)")
         outcome = run_job(
             self.settings, self.forge.token, "convert",
-            ["--bids-url", bids_url, "--session", session, "--study", study],
+            ["--bids-url", record.details["bids_url"], "--session", record.details["session_path"],
+             "--study", study],
             study=study, on_line=lambda line: self.progress(study, "  " + line),
         )
         self.ledger.transition(study, State.CONVERTED, counts={
             "nifti_files": outcome["nifti_files"], "commit": outcome["commit"], "versions": outcome["versions"]},
             details={"branch": outcome["branch"]})
         if not outcome["valid"]:
-            self.ledger.transition(study, State.FAILED, error=f"BIDS validation: {outcome['summary']}",
-                                   details={"validation": outcome["summary"]})
-            self.progress(study, f"FAILED validation: {outcome['summary']}")
-            return
+            raise BidsfluxError(f"BIDS validation: {outcome['summary']}", study=study,
+                                hint=f"see branch {outcome['branch']}; `bidsflux retry` after fixing")
         self.ledger.transition(study, State.VALIDATED, counts={"errors": outcome["errors"],
                                                                "warnings": outcome["warnings"]},
-                               details={"validation": outcome["summary"]})
+                               details={"validation": outcome["summary"], "changed": False})
         if outcome["merged"]:
             self.ledger.transition(study, State.MERGED, counts={"merge_commit": outcome["merge_commit"]},
                                    details={"merge_commit": outcome["merge_commit"]})
             self.progress(study, f"merged {outcome['branch']} into dev")
 
     def wait_until_idle(self, study: str, timeout: float) -> None:
-        """Block until ``study`` reaches a terminal state (or raise on timeout)."""
+        """Block until ``study`` reaches a final state (or raise on timeout)."""
         deadline = time.monotonic() + timeout
         final = set(TERMINAL_STATES)
         if not self.settings.bids_auto_merge:
@@ -199,3 +305,15 @@ class Service:
                 return
             time.sleep(0.2)
         raise BidsfluxError(f"not finished after {timeout:.0f}s", study=study)
+
+
+def _read_route(batch_dir: Path) -> dict[str, object]:
+    """The routing decision the receiver stored with the batch, if any."""
+    path = batch_dir / "route.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _previous_unmerged(ledger: Ledger, study: str) -> bool:
+    """An unchanged resend still needs converting if the last conversion never merged."""
+    record = ledger.get(study)
+    return record is None or not record.details.get("merge_commit")

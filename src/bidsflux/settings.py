@@ -24,6 +24,7 @@ from typing import Any
 
 from ._settings_fields import boolean, log_level, setting
 from ._settings_forge import ForgeSettings
+from ._settings_index import IndexSettings
 from ._settings_receive import ReceiveSettings
 from ._settings_storage import StorageSettings
 from .errors import SettingsError
@@ -46,7 +47,8 @@ class ConvertSettings:
 
 
 @dataclass(frozen=True)
-class Settings(ConvertSettings, ForgeSettings, StorageSettings, ReceiveSettings, GeneralSettings):
+class Settings(ConvertSettings, ForgeSettings, StorageSettings, IndexSettings, ReceiveSettings,
+               GeneralSettings):
     """Every setting of bids-flux, one frozen object; build with :func:`load_settings`.
 
     Each stage declares its own fields (``_settings_*`` modules); this class

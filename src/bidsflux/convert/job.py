@@ -102,7 +102,8 @@ def run_convert_job(settings: Settings, *, bids_url: str, session: str, study_ui
     _step("store content")
     stored = storage.push(settings, bids, study=study_uid)
     _step(f"push {branch}")
-    _datalad.push(bids, "origin", study=study_uid, error=ConvertError)
+    # A re-run replaces the branch: it always starts again from dev.
+    _datalad.push(bids, "origin", study=study_uid, error=ConvertError, force=True)
 
     merged, merge_commit = False, None
     if validation.valid and settings.bids_auto_merge:

@@ -3,26 +3,31 @@
 ``index_batch`` turns a completed spool batch into a commit of the session
 dataset: a deterministic tar per series (annexed, SHA256E) and
 ``manifest.json`` (in git).  An identical resend changes nothing; new or
-changed series become an amendment commit that says what changed.  Counts
-are compared at this hop: instances in the batch must equal instances put
-into the archives, and every archive's key must be the one git-annex
-computed; a mismatch is an error.
+changed series become an amendment commit that says what changed; a resent
+instance with other bytes is a conflict, kept aside and counted.
+
+The archive is read once: its SHA-256 is computed while it is written and
+handed to git-annex as the key (``setkey`` + ``fromkey``), instead of letting
+``git annex add`` hash it again.  Counts are compared at this hop: instances
+in the batch must equal instances added + duplicates + conflicts, and every
+archive must hold the instances the manifest says.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import _datalad, faults
 from .._locks import dataset_lock
 from ..errors import IndexingError
 from ..naming import expand, is_uid, sanitize
 from ..settings import Settings
-from .. import _datalad
 from ._dicom import read_series_info, read_tags
-from ._tar import build_archive, read_members
+from ._tar import COMPRESSIONS, build_archive, read_members
 from .manifest import MANIFEST_NAME, Manifest, SeriesEntry, describe_changes, hash_uids
 
 log = logging.getLogger(__name__)
@@ -49,16 +54,29 @@ class IndexResult:
     commit: str
     conflicts: list[tuple[str, Path]] = field(default_factory=list)
     tags: dict[str, Any] = field(default_factory=dict)
+    defaulted: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return bool(self.changes)
 
 
-def session_names(settings: Settings, tags: dict[str, Any], study_uid: str) -> SessionNames:
+def apply_tag_defaults(tags: dict[str, Any], defaults: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Fill missing or empty tags from the site's explicit defaults; say which were filled."""
+    filled = dict(tags)
+    used = []
+    for name, value in defaults.items():
+        if not str(filled.get(name) or "").strip():
+            filled[name] = value
+            used.append(name)
+    return filled, used
+
+
+def session_names(settings: Settings, tags: dict[str, Any], study_uid: str,
+                  group_template: str | None = None) -> SessionNames:
     """Expand the group and session templates; NamingError sends the study to quarantine."""
     return SessionNames(
-        group_path=expand(settings.group_template, tags, "gitlab", study=study_uid),
+        group_path=expand(group_template or settings.group_template, tags, "gitlab", study=study_uid),
         session_path=expand(settings.session_template, tags, "filename", study=study_uid),
     )
 
@@ -72,37 +90,45 @@ def _series_files(batch_dir: Path) -> dict[Path, list[Path]]:
     return result
 
 
-def _archive_name(info: dict[str, Any], taken: set[str], series_uid: str) -> str:
+def _archive_name(info: dict[str, Any], taken: set[str], series_uid: str, suffix: str) -> str:
     number = info.get("SeriesNumber")
     description = sanitize(str(info.get("SeriesDescription") or info.get("ProtocolName") or ""), "filename")
     stem = f"{int(number):03d}" if isinstance(number, int) else "000"
-    name = f"{stem}-{description}.tar" if description else f"{stem}.tar"
-    if name in taken:
-        name = f"{name[:-4]}-{series_uid.rsplit('.', 1)[-1][-12:]}.tar"
-    return name
+    stem = f"{stem}-{description}" if description else stem
+    if stem + suffix in taken:
+        stem = f"{stem}-{series_uid.rsplit('.', 1)[-1][-12:]}"
+    return stem + suffix
 
 
-def index_batch(settings: Settings, study_uid: str, batch_dir: Path) -> IndexResult:
+def index_batch(settings: Settings, study_uid: str, batch_dir: Path,
+                group_template: str | None = None) -> IndexResult:
     """Index one completed batch into its session dataset (idempotent)."""
     series_files = _series_files(batch_dir)
     if not series_files:
         raise IndexingError("the batch holds no instances", study=study_uid)
-    tags = read_tags(next(iter(series_files.values()))[0])
-    if str(tags.get("StudyInstanceUID")) != study_uid or not is_uid(study_uid):
+    raw_tags = read_tags(next(iter(series_files.values()))[0])
+    if str(raw_tags.get("StudyInstanceUID")) != study_uid or not is_uid(study_uid):
         raise IndexingError("the spool folder and the instances disagree on the StudyInstanceUID",
                             study=study_uid)
-    names = session_names(settings, tags, study_uid)
+    tags, defaulted = apply_tag_defaults(raw_tags, settings.tag_defaults)
+    names = session_names(settings, tags, study_uid, group_template)
     dataset = names.dataset_dir(settings)
     with dataset_lock(settings.workdir / "locks", dataset):
-        return _index_locked(settings, study_uid, dataset, names, series_files, tags)
+        result = _index_locked(settings, study_uid, dataset, names, series_files)
+    result.tags, result.defaulted = tags, defaulted
+    return result
 
 
 def _index_locked(settings: Settings, study_uid: str, dataset: Path, names: SessionNames,
-                  series_files: dict[Path, list[Path]], tags: dict[str, Any]) -> IndexResult:
+                  series_files: dict[Path, list[Path]]) -> IndexResult:
     created = _datalad.ensure_dataset(
         dataset, description=f"bids-flux session {study_uid}",
         gitattributes=_datalad.SESSION_GITATTRIBUTES, study=study_uid,
     )
+    _datalad.recover_worktree(dataset)
+    scratch = settings.workdir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    suffix = COMPRESSIONS[settings.archive_compression]
     old = Manifest.load(dataset, study_uid)
     new = Manifest(study_uid, dict(old.series))
     conflicts: list[tuple[str, Path]] = []
@@ -116,9 +142,8 @@ def _index_locked(settings: Settings, study_uid: str, dataset: Path, names: Sess
         previous = old.series.get(series_uid)
         series_added = len(files)
         if previous is not None:
-            archive_path = dataset / previous.archive
             _datalad.get(dataset, [previous.archive], study=study_uid)
-            for name, data in read_members(archive_path).items():
+            for name, data in read_members(dataset / previous.archive).items():
                 incoming = members.get(name)
                 if incoming is None:
                     members[name] = data
@@ -131,19 +156,21 @@ def _index_locked(settings: Settings, study_uid: str, dataset: Path, names: Sess
                 else:
                     duplicates += 1
             archive_name = previous.archive
-            _datalad.drop_pointer(archive_path)
         else:
-            archive_name = _archive_name(info, taken, series_uid)
+            archive_name = _archive_name(info, taken, series_uid, suffix)
             taken.add(archive_name)
-        archive = build_archive(members, dataset / archive_name)
+        archive = build_archive(members, scratch / f"{uuid.uuid4().hex}{suffix}",
+                                compression=settings.archive_compression)
         expected = (previous.instances if previous else 0) + series_added
         if archive.members != expected:
-            raise IndexingError(
-                f"count mismatch in {archive_name}: expected {expected} instances, archived "
-                f"{archive.members}", study=study_uid,
-            )
+            archive.path.unlink(missing_ok=True)
+            raise IndexingError(f"count mismatch in {archive_name}: expected {expected} instances, "
+                                f"archived {archive.members}", study=study_uid)
         if previous is not None and archive.annex_key == previous.annex_key:
-            _datalad.restore_pointer(dataset, archive_name, study=study_uid)
+            archive.path.unlink()  # nothing new in this series
+        else:
+            _datalad.annex_known_content(dataset, archive.annex_key, archive.path, archive_name, study=study_uid)
+        faults.point("index.after_archive")
         added += series_added
         new.series[series_uid] = SeriesEntry(
             series_uid=series_uid,
@@ -152,7 +179,7 @@ def _index_locked(settings: Settings, study_uid: str, dataset: Path, names: Sess
             modality=str(info["Modality"] or ""),
             sop_class_uid=str(info["SOPClassUID"] or ""),
             instances=archive.members,
-            sop_uids_sha256=hash_uids([name[:-4] for name in members]),
+            sop_uids_sha256=hash_uids([name.rsplit(".", 1)[0] for name in members]),
             archive=archive_name,
             annex_key=archive.annex_key,
             bytes=archive.size,
@@ -164,16 +191,18 @@ def _index_locked(settings: Settings, study_uid: str, dataset: Path, names: Sess
         )
     changes = describe_changes(old, new)
     (dataset / MANIFEST_NAME).write_text(new.to_json())
-    if changes or created:
+    if changes or created or _datalad.is_dirty(dataset, study=study_uid):
         title = "Index session" if not old.series else "Amend session"
-        message = f"[bids-flux] {title} {study_uid}\n\n" + "\n".join(changes) + "\n"
+        message = f"[bids-flux] {title} {study_uid}\n\n" + "\n".join(changes or ["(no change in series)"]) + "\n"
         _datalad.save(dataset, message, study=study_uid)
+    faults.point("index.after_commit")
     _check_keys(dataset, new, study_uid)
     return IndexResult(study_uid, names, dataset, new, changes, _datalad.head(dataset, study=study_uid),
-                       conflicts, tags)
+                       conflicts)
 
 
 def _check_keys(dataset: Path, manifest: Manifest, study_uid: str) -> None:
+    """The committed pointers must be exactly the archives the manifest describes."""
     archives = [entry.archive for entry in manifest.series.values()]
     keys = _datalad.lookup_keys(dataset, archives, study=study_uid)
     for entry in manifest.series.values():
@@ -189,5 +218,5 @@ save_dataset = _datalad.save
 get_content = _datalad.get
 dataset_id = _datalad.dataset_id
 
-__all__ = ["IndexResult", "Manifest", "SessionNames", "dataset_id", "ensure_dataset", "get_content",
-           "index_batch", "save_dataset", "session_names"]
+__all__ = ["IndexResult", "Manifest", "SessionNames", "apply_tag_defaults", "dataset_id", "ensure_dataset",
+           "get_content", "index_batch", "save_dataset", "session_names"]

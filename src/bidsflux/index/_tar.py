@@ -2,19 +2,21 @@
 
 Members are sorted, with fixed mtime, owner and mode, in USTAR format (no
 PAX headers carrying times), so a resent identical series yields the same
-annex key.  The SHA-256 is computed while writing, so the archive is read
-once; the index checks it against git-annex's key.
+annex key.  The SHA-256 is computed while writing, so the archive's bytes
+are hashed once, as they are written; that hash is the annex key the index
+hands to git-annex.  Optional gzip compression is deterministic too (no
+name, mtime 0 in its header).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-
-BLOCK = 1 << 20
 
 
 class _HashingWriter(io.RawIOBase):
@@ -44,16 +46,26 @@ class Archive:
 
     @property
     def annex_key(self) -> str:
-        return f"SHA256E-s{self.size}--{self.sha256}{self.path.suffix}"
+        # SHA256E keeps the extensions, as git-annex does for "x.tar.gz".
+        return f"SHA256E-s{self.size}--{self.sha256}{''.join(self.path.suffixes[-2:])}"
 
 
-def build_archive(members: dict[str, Path | bytes], target: Path) -> Archive:
+COMPRESSIONS = {"none": ".tar", "gzip": ".tar.gz"}
+
+
+def build_archive(members: dict[str, Path | bytes], target: Path, *, compression: str = "none",
+                  fsync: bool = True) -> Archive:
     """Write ``members`` (name -> file or bytes) as a deterministic tar at ``target``."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compression!r}")
     tmp = target.with_name(f".{target.name}.partial")
     try:
         with open(tmp, "wb") as raw:
             writer = _HashingWriter(raw)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=writer, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
+            stream: io.RawIOBase | gzip.GzipFile = writer
+            if compression == "gzip":
+                stream = gzip.GzipFile(filename="", mode="wb", fileobj=writer, mtime=0, compresslevel=6)
+            with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
                 for name in sorted(members):
                     source = members[name]
                     data = source if isinstance(source, bytes) else None
@@ -68,7 +80,11 @@ def build_archive(members: dict[str, Path | bytes], target: Path) -> Archive:
                     else:
                         with open(source, "rb") as fh:  # type: ignore[arg-type]
                             tar.addfile(info, fh)
+            if stream is not writer:
+                stream.close()
             raw.flush()
+            if fsync:
+                os.fsync(raw.fileno())
     except BaseException:
         # A half-written archive must not stay in the dataset, where a later save would commit it.
         tmp.unlink(missing_ok=True)
@@ -79,7 +95,7 @@ def build_archive(members: dict[str, Path | bytes], target: Path) -> Archive:
 
 def read_members(path: Path) -> dict[str, bytes]:
     """All members of an archive, by name (used to amend a series)."""
-    with tarfile.open(path, "r:") as tar:
+    with tarfile.open(path, "r:*") as tar:
         result = {}
         for info in tar.getmembers():
             if info.isfile():
