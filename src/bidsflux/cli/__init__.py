@@ -33,8 +33,20 @@ class _StudyFilter(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (main() may run many times in one process)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.addFilter(_StudyFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s%(study)s: %(message)s"))
     root = logging.getLogger()
