@@ -68,8 +68,9 @@ def ensure_dataset(path: Path, *, description: str, gitattributes: str, study: s
     # One branch name everywhere, whatever the machine's init.defaultBranch.
     git("branch", "-M", "main", cwd=path, error=IndexingError, study=study)
     if annex:
+        # Staged, not committed: the caller's first commit carries the rules (one commit less).
         (path / ".gitattributes").write_text(gitattributes)
-        _call(dl.save, study, dataset=str(path), path=[str(path / ".gitattributes")], message="[bids-flux] annex rules")
+        git("add", ".gitattributes", cwd=path, error=IndexingError, study=study)
     return True
 
 
@@ -128,17 +129,32 @@ def drop_pointer(path: Path) -> None:
         path.unlink()
 
 
-def annex_known_content(path: Path, key: str, source: Path, name: str, *, study: str | None) -> None:
-    """Put ``source`` into the annex as ``key`` and stage ``name`` pointing at it.
+def annex_setkey(path: Path, key: str, source: Path, *, study: str | None) -> None:
+    """Move ``source`` into the annex as the content of ``key``.
 
     The caller computed ``key`` from the very bytes it wrote, so git-annex is
-    told not to hash them again (``annex.verify=false``): the archive is read
+    told not to hash them again (``annex.verify=false``): an archive is read
     once, not twice.
     """
     run(["git", "-c", "annex.verify=false", "annex", "setkey", key, source], cwd=path,
         error=IndexingError, study=study)
-    drop_pointer(path / name)
-    run(["git", "annex", "fromkey", "--force", key, name], cwd=path, error=IndexingError, study=study)
+
+
+def annex_link(path: Path, items: list[tuple[str, str]], *, study: str | None) -> None:
+    """Stage each ``(key, name)`` as an annexed file, in one batched ``fromkey``."""
+    if not items:
+        return
+    for _, name in items:
+        drop_pointer(path / name)
+    lines = "".join(f"{key} {name}\n" for key, name in items)
+    run(["git", "annex", "fromkey", "--force", "--batch"], cwd=path, error=IndexingError, study=study,
+        input=lines.encode())
+
+
+def commit_staged(path: Path, message: str, files: list[str], *, study: str | None) -> None:
+    """Stage ``files`` (small, in git) and commit with everything already staged."""
+    git("add", "--", *files, cwd=path, error=IndexingError, study=study)
+    git("commit", "--quiet", "-m", message, cwd=path, error=IndexingError, study=study)
 
 
 def recover_worktree(path: Path) -> None:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import _datalad, faults
+from .._fs import remove_tree
 from .._locks import dataset_lock
 from ..errors import IndexingError
 from ..naming import expand, is_uid, sanitize
@@ -121,17 +123,35 @@ def index_batch(settings: Settings, study_uid: str, batch_dir: Path,
 
 def _index_locked(settings: Settings, study_uid: str, dataset: Path, names: SessionNames,
                   series_files: dict[Path, list[Path]]) -> IndexResult:
-    created = _datalad.ensure_dataset(
-        dataset, description=f"bids-flux session {study_uid}",
+    scratch = settings.workdir / "tmp" / f"index-{uuid.uuid4().hex}"
+    scratch.mkdir(parents=True)
+    # Two lanes: archives are built here while git-annex work (creating the
+    # dataset, moving finished archives into the annex) runs beside it, so the
+    # fixed costs hide behind the data.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="annex") as lane:
+        try:
+            return _index_into(settings, study_uid, dataset, names, series_files, scratch, lane)
+        finally:
+            lane.shutdown(wait=True)
+            remove_tree(scratch)  # archives left here were moved into the annex, or are unneeded
+
+
+def _index_into(settings: Settings, study_uid: str, dataset: Path, names: SessionNames,
+                series_files: dict[Path, list[Path]], scratch: Path, lane: ThreadPoolExecutor) -> IndexResult:
+    fresh = not (dataset / ".datalad" / "config").exists()
+    creating: Future[bool] = lane.submit(
+        _datalad.ensure_dataset, dataset, description=f"bids-flux session {study_uid}",
         gitattributes=_datalad.SESSION_GITATTRIBUTES, study=study_uid,
     )
-    _datalad.recover_worktree(dataset)
-    scratch = settings.workdir / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
+    if not fresh:
+        creating.result()
+        _datalad.recover_worktree(dataset)
     suffix = COMPRESSIONS[settings.archive_compression]
-    old = Manifest.load(dataset, study_uid)
+    old = Manifest.load(dataset, study_uid) if not fresh else Manifest(study_uid)
     new = Manifest(study_uid, dict(old.series))
     conflicts: list[tuple[str, Path]] = []
+    moving: list[Future[None]] = []
+    to_link: list[tuple[str, str]] = []
     batch_instances = added = duplicates = 0
     taken = {entry.archive for entry in old.series.values()}
     for series_dir, files in series_files.items():
@@ -159,18 +179,18 @@ def _index_locked(settings: Settings, study_uid: str, dataset: Path, names: Sess
         else:
             archive_name = _archive_name(info, taken, series_uid, suffix)
             taken.add(archive_name)
+        # No fsync here: until the store has verified the archive, the spool batch
+        # (fsynced on receipt) is the durable copy, and it is kept until then.
         archive = build_archive(members, scratch / f"{uuid.uuid4().hex}{suffix}",
-                                compression=settings.archive_compression)
+                                compression=settings.archive_compression, fsync=False)
         expected = (previous.instances if previous else 0) + series_added
         if archive.members != expected:
-            archive.path.unlink(missing_ok=True)
             raise IndexingError(f"count mismatch in {archive_name}: expected {expected} instances, "
                                 f"archived {archive.members}", study=study_uid)
-        if previous is not None and archive.annex_key == previous.annex_key:
-            archive.path.unlink()  # nothing new in this series
-        else:
-            _datalad.annex_known_content(dataset, archive.annex_key, archive.path, archive_name, study=study_uid)
-        faults.point("index.after_archive")
+        if previous is None or archive.annex_key != previous.annex_key:
+            moving.append(lane.submit(_datalad.annex_setkey, dataset, archive.annex_key, archive.path,
+                                      study=study_uid))
+            to_link.append((archive.annex_key, archive_name))
         added += series_added
         new.series[series_uid] = SeriesEntry(
             series_uid=series_uid,
@@ -184,17 +204,22 @@ def _index_locked(settings: Settings, study_uid: str, dataset: Path, names: Sess
             annex_key=archive.annex_key,
             bytes=archive.size,
         )
+    created = creating.result()
+    for future in moving:
+        future.result()
     if added + duplicates + len(conflicts) != batch_instances:
         raise IndexingError(
             f"count mismatch: {batch_instances} instances received, {added} archived, {duplicates} "
             f"duplicates, {len(conflicts)} conflicts", study=study_uid,
         )
+    _datalad.annex_link(dataset, to_link, study=study_uid)
+    faults.point("index.after_archive")
     changes = describe_changes(old, new)
     (dataset / MANIFEST_NAME).write_text(new.to_json())
     if changes or created or _datalad.is_dirty(dataset, study=study_uid):
         title = "Index session" if not old.series else "Amend session"
         message = f"[bids-flux] {title} {study_uid}\n\n" + "\n".join(changes or ["(no change in series)"]) + "\n"
-        _datalad.save(dataset, message, study=study_uid)
+        _datalad.commit_staged(dataset, message, [MANIFEST_NAME, ".gitattributes"], study=study_uid)
     faults.point("index.after_commit")
     _check_keys(dataset, new, study_uid)
     return IndexResult(study_uid, names, dataset, new, changes, _datalad.head(dataset, study=study_uid),
