@@ -34,6 +34,7 @@ from .forge.publish import publish_session
 from .index import IndexResult, Manifest, SessionNames, index_batch
 from .ledger import TERMINAL_STATES, Ledger, State
 from .metrics import MetricsServer
+from .naming import identity_fields
 from .receive import Batch, Endpoint, Spool, StudyCounters
 from .runner import run_job
 from .settings import Settings
@@ -91,6 +92,11 @@ class Service:
 
     # -- lifecycle
     def start(self, *, receive: bool = True) -> Service:
+        for name, template in (("GITLAB_INDEXER_GROUP_TEMPLATE", self.settings.group_template),
+                               ("BIDSFLUX_SESSION_TEMPLATE", self.settings.session_template)):
+            if identity_fields(template):
+                log.warning("%s uses %s: patient identity will appear in forge paths and dataset names",
+                            name, ", ".join(sorted(identity_fields(template))))
         self.forge_server.start()
         if self.settings.metrics_port is not None:
             self.metrics = MetricsServer(self.ledger, self.settings.metrics_host, self.settings.metrics_port).start()

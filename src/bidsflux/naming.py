@@ -132,3 +132,16 @@ def expand(template: str, tags: Mapping[str, Any], target: Target, *, study: str
                 study=study,
             )
     return "/".join(checked)
+
+
+IDENTITY_TAGS = frozenset({"PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientAddress",
+                           "PatientTelephoneNumbers", "AccessionNumber"})
+
+
+def identity_fields(template: str) -> set[str]:
+    """Tags in ``template`` that carry patient identity (they end up in paths people can read)."""
+    used = set()
+    for _, field_name, _, _ in string.Formatter().parse(template):
+        if field_name:
+            used.add(re.split(r"[.\[]", field_name, maxsplit=1)[0])
+    return used & IDENTITY_TAGS
