@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from .ledger import StudyRecord
+from .ledger import StudyRecord, Transition
 
 
 def _age(seconds: float) -> str:
@@ -29,3 +29,26 @@ def format_table(records: Sequence[StudyRecord], now: float | None = None) -> st
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
              for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def format_history(record: StudyRecord, transitions: Sequence[Transition]) -> str:
+    """One study in full: its summary, then every transition with counts and errors."""
+    lines = [f"study {record.study_uid}: {record.state}" + (f" - {record.error}" if record.error else "")]
+    if record.calling_aet:
+        lines.append(f"  from {record.calling_aet} ({record.peer or '?'}), {record.series} series, "
+                     f"{record.instances} instances, {record.bytes / 1e6:.1f} MB")
+    for key in ("dataset", "session_url", "bids_url", "branch", "validation", "kept_at"):
+        if record.details.get(key):
+            lines.append(f"  {key}: {record.details[key]}")
+    for t in transitions:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.at))
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(t.counts.items()) if v not in (None, [], {}))
+        line = f"  {stamp}  {t.from_state or '-'} -> {t.to_state}"
+        if t.attempt:
+            line += f" (attempt {t.attempt})"
+        if counts:
+            line += f"  {counts[:200]}"
+        if t.error:
+            line += f"\n      error: {t.error[:500]}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -91,3 +91,18 @@ def test_python_dash_m_works(tmp_path: Path) -> None:
 
 def test_ledger_error_exit_code_is_stable() -> None:
     assert LedgerError.exit_code == 10 and SettingsError.exit_code == 2
+
+
+def test_status_history_shows_every_transition(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.transition("1.2.9", State.RECEIVING, calling_aet="MR1", peer="10.0.0.5:4000")
+    ledger.transition("1.2.9", State.COMPLETE, counts={"instances": 7})
+    ledger.transition("1.2.9", State.COMPLETE, error="retrying in 5s: store unreachable", attempt=1)
+    ledger.close()
+    assert main(["status", "--workdir", str(tmp_path), "--history"]) == 0
+    out = capsys.readouterr().out
+    assert "RECEIVING -> COMPLETE  instances=7" in out
+    assert "(attempt 1)" in out and "error: retrying in 5s: store unreachable" in out
+    assert main(["status", "--workdir", str(tmp_path), "--history", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [t["to"] for t in rows[0]["transitions"]] == ["RECEIVING", "COMPLETE", "COMPLETE"]

@@ -49,6 +49,7 @@ def register(sub: Any) -> None:
     status.add_argument("--json", action="store_true")
     status.add_argument("--state", action="append", help="only studies in this state (repeatable)")
     status.add_argument("--study", help="only this study (UID, * as wildcard)")
+    status.add_argument("--history", action="store_true", help="every transition of the selected studies")
     status.add_argument("--workdir", type=Path)
     status.set_defaults(func=cmd_status)
 
@@ -118,7 +119,7 @@ def _progress_bar(label: str) -> Any:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ..ledger import Ledger, State
-    from ..status import format_table
+    from ..status import format_history, format_table
 
     settings = settings_from(args, workdir=args.workdir)
     if not settings.ledger_path.exists():
@@ -130,9 +131,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown state: {exc}", hint=f"one of {', '.join(s.value for s in State)}") from None
         ledger = Ledger(settings.ledger_path)
         records = ledger.studies(states, args.study)
+        history = {r.study_uid: ledger.transitions(r.study_uid) for r in records} if args.history else {}
         ledger.close()
     if args.json:
-        print(json.dumps([r.as_json() for r in records], indent=2, sort_keys=True))
+        rows = [r.as_json() for r in records]
+        for row in rows:
+            if args.history:
+                row["transitions"] = [
+                    {"from": str(t.from_state) if t.from_state else None, "to": str(t.to_state), "at": t.at,
+                     "counts": t.counts, "error": t.error, "attempt": t.attempt}
+                    for t in history[row["study_uid"]]]
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    elif args.history:
+        print("\n\n".join(format_history(r, history[r.study_uid]) for r in records) or "no studies yet")
     else:
         print(format_table(records))
     return 0
