@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .errors import BidsfluxError
 
-SECRET_ENV = ("BIDSFLUX_FORGE_TOKEN",)
+SECRET_ENV = ("BIDSFLUX_FORGE_TOKEN", "BIDSFLUX_S3_ACCESS_KEY", "BIDSFLUX_S3_SECRET_KEY", "AWS_ACCESS_KEY_ID",
+              "AWS_SECRET_ACCESS_KEY")
 
 
 def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

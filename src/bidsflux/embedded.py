@@ -229,6 +229,7 @@ class Service:
         self.progress(study, "indexing")
         route = _read_route(batch.path)
         result = index_batch(self.settings, study, batch.path, group_template=route.get("group_template"))
+        storage.plan(self.settings, result.dataset, study=study, tags=result.tags)
         for name, path in result.conflicts:
             self.spool.keep_conflict(study, name.rsplit(".", 1)[0], path.read_bytes())
         parked = park_batch(self.spool, batch, "indexed") if batch.path.parent.name == "complete" else batch.path

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import storage
 from ._fs import remove_tree
 from ._proc import mask_secrets, tool_env
 from .errors import ConvertError
@@ -25,15 +26,13 @@ from .settings import Settings
 def job_environment(settings: Settings, token: str) -> dict[str, str]:
     env = {
         "BIDSFLUX_WORKDIR": str(settings.workdir),
-        "BIDSFLUX_STORAGE_TYPE": settings.storage_type,
-        "BIDSFLUX_STORAGE_REMOTE": settings.storage_remote,
-        "BIDSFLUX_STORAGE_LOCAL_PATH": str(settings.store_dir),
         "BIDSFLUX_HEURISTIC": settings.bids_heuristic,
         "BIDSFLUX_AUTO_MERGE": "true" if settings.bids_auto_merge else "false",
         "GIT_AUTHOR_NAME": "bids_bot", "GIT_AUTHOR_EMAIL": "bids_bot@bids-flux.invalid",
         "GIT_COMMITTER_NAME": "bids_bot", "GIT_COMMITTER_EMAIL": "bids_bot@bids-flux.invalid",
     }
     env.update(credential_env(token))
+    env.update(storage.job_environment(settings, env))
     return env
 
 

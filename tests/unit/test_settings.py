@@ -199,7 +199,7 @@ def test_every_bad_value_reported_in_one_error(tmp_path: Path) -> None:
     ("STORESCP_AET", ""),
     ("STORESCP_AET", "   "),
     ("STORESCP_AET", "ÄRZTE"),
-    ("BIDSFLUX_STORAGE_TYPE", "s3"),
+    ("BIDSFLUX_STORAGE_TYPE", "minio"),
     ("BIDSFLUX_FORGE_TYPE", "gitlab-maybe"),
     ("BIDSFLUX_QUIET_PERIOD", "0"),
     ("BIDSFLUX_QUIET_PERIOD", "soon"),
