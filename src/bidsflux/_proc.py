@@ -16,7 +16,8 @@ from pathlib import Path
 from .errors import BidsfluxError
 
 SECRET_ENV = ("BIDSFLUX_FORGE_TOKEN", "BIDSFLUX_S3_ACCESS_KEY", "BIDSFLUX_S3_SECRET_KEY", "AWS_ACCESS_KEY_ID",
-              "AWS_SECRET_ACCESS_KEY")
+              "AWS_SECRET_ACCESS_KEY", "GITLAB_ADMIN_TOKEN", "GITLAB_DICOM_BOT_TOKEN", "GITLAB_BIDS_BOT_TOKEN",
+              "BIDS_API_TOKEN", "CI_JOB_TOKEN")
 
 
 def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -29,10 +29,10 @@ from ._datalad import head as dataset_head
 from ._fs import remove_tree
 from .assemble import Assembler
 from .errors import BidsfluxError, NamingError
-from .forge import ForgeServer, LocalForge, forge_token
-from .forge.publish import publish_session
+from .forge import ForgeServer, forge_token, make_forge
+from .forge.publish import Published, publish_session
 from .index import IndexResult, Manifest, SessionNames, index_batch
-from .ledger import TERMINAL_STATES, Ledger, State
+from .ledger import TERMINAL_STATES, Ledger, State, StudyRecord
 from .metrics import MetricsServer
 from .naming import identity_fields
 from .receive import Batch, Endpoint, Spool, StudyCounters
@@ -81,7 +81,7 @@ class Service:
         self.spool = Spool(settings.spool_dir)
         self.forge_server = ForgeServer(settings.forge_dir, forge_token(settings),
                                         settings.forge_host, settings.forge_port)
-        self.forge = LocalForge(settings, self.forge_server.base_url)
+        self.forge = make_forge(settings, self.forge_server.base_url)
         self.metrics: MetricsServer | None = None
         self.endpoint: Endpoint | None = None
         self.assembler: Assembler | None = None
@@ -269,7 +269,8 @@ class Service:
         published = publish_session(self.settings, self.forge, result)
         self.ledger.transition(study, State.PUBLISHED, details={
             "session_url": published.session_url, "study_url": published.study_url,
-            "bids_url": published.bids_url})
+            "bids_url": published.bids_url, "session_commit": published.session_commit,
+            "study_commit": published.study_commit})
         self.progress(study, f"published: {published.session_url}")
 
     def _convert(self, study: str) -> None:
@@ -277,6 +278,9 @@ class Service:
         if not record.details.get("changed", True) and record.details.get("merge_commit"):
             self.ledger.transition(study, State.MERGED, counts={"unchanged": True})
             self.progress(study, "conversion unchanged (identical resend)")
+            return
+        if self.settings.forge_type == "gitlab":
+            self._follow_pipeline(study, record)
             return
         self.ledger.transition(study, State.CONVERTING)
         self.progress(study, "converting (local runner: bidsflux ci convert)")
@@ -299,6 +303,17 @@ class Service:
             self.ledger.transition(study, State.MERGED, counts={"merge_commit": outcome["merge_commit"]},
                                    details={"merge_commit": outcome["merge_commit"]})
             self.progress(study, f"merged {outcome['branch']} into dev")
+
+    def _follow_pipeline(self, study: str, record: StudyRecord) -> None:
+        """On GitLab the conversion is a CI pipeline: start or find it, follow it into the ledger."""
+        from .forge.pipelines import follow_conversion
+
+        published = Published(
+            record.details["session_url"], record.details["study_url"], record.details["bids_url"],
+            record.details["session_path"], group_path=record.group_path or "",
+            session_commit=record.details.get("session_commit", ""),
+            study_commit=record.details.get("study_commit", ""))
+        follow_conversion(self.settings, self.forge, self.ledger, study, published, self.progress)
 
     def wait_until_idle(self, study: str, timeout: float) -> None:
         """Block until ``study`` reaches a final state (or raise on timeout)."""

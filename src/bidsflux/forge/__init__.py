@@ -1,10 +1,15 @@
 """Stage 5, publish: the forge that holds every dataset's git history.
 
-The embedded default (``BIDSFLUX_FORGE_TYPE=local``) is a folder of bare
-repositories served over smart HTTP by ``git http-backend``.  Projects follow
-the GitLab layout of ARCHITECTURE.md (``<group>/sourcedata/dicoms/<session>``,
-``<group>/sourcedata/dicoms/study``, ``<group>/bids``).  Pushes authenticate
-with the forge token through a credential helper that reads it from the
+Two kinds, chosen by ``BIDSFLUX_FORGE_TYPE`` through :func:`make_forge`:
+
+- ``local`` (the embedded default): a folder of bare repositories served over
+  smart HTTP by ``git http-backend`` (:class:`LocalForge`, :class:`ForgeServer`);
+- ``gitlab``: groups and projects on a GitLab instance (``forge.gitlab``).
+
+Projects follow the GitLab layout of ARCHITECTURE.md
+(``<group>/sourcedata/dicoms/<session>``, ``<group>/sourcedata/dicoms/study``,
+``<group>/bids``, ``<group>/derivatives/<name>``, ``<group>/qc/<name>``).
+Pushes authenticate through a credential helper that reads the token from the
 environment, so the token is never in a URL or in ``.git/config``.
 """
 
@@ -16,10 +21,12 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from .._proc import git, run
+from .._proc import git
 from ..errors import ForgeError
 from ..settings import Settings
+from ._git import ensure_remote, ls_remote, push_refs
 from ._http import ForgeServer
 
 log = logging.getLogger(__name__)
@@ -27,7 +34,8 @@ log = logging.getLogger(__name__)
 # git runs this helper; it only echoes the token from the environment, so no
 # value from a DICOM tag or a URL is ever part of it.
 _CREDENTIAL_HELPER = (
-    '!f() { test "$1" = get && echo username=bids-flux && echo "password=$BIDSFLUX_FORGE_TOKEN"; }; f'
+    '!f() { test "$1" = get && echo "username=${BIDSFLUX_FORGE_USER:-bids-flux}" && '
+    'echo "password=$BIDSFLUX_FORGE_TOKEN"; }; f'
 )
 
 
@@ -46,10 +54,11 @@ def forge_token(settings: Settings) -> str:
     return token
 
 
-def credential_env(token: str) -> dict[str, str]:
+def credential_env(token: str, username: str = "bids-flux") -> dict[str, str]:
     """Environment that lets git push to the forge without storing the token."""
     return {
         "BIDSFLUX_FORGE_TOKEN": token,
+        "BIDSFLUX_FORGE_USER": username,
         "GIT_CONFIG_COUNT": "2",
         "GIT_CONFIG_KEY_0": "credential.helper",
         "GIT_CONFIG_VALUE_0": "",
@@ -60,12 +69,50 @@ def credential_env(token: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Project:
+    """A forge project: ``url`` is what researchers clone; ``push_url`` where pushes go, if not there."""
+
     path: str
     url: str
+    push_url: str = ""
+
+
+class Forge(Protocol):
+    """What publishing needs from a forge, whichever its kind."""
+
+    kind: str
+    token: str
+
+    def url(self, path: str) -> str: ...
+
+    def ensure_project(self, path: str, *, default_branch: str = "main", study: str | None = None) -> Project: ...
+
+    def set_default_branch(self, path: str, branch: str, *, study: str | None = None) -> None: ...
+
+    def push(self, dataset: Path, project: Project, refs: Sequence[str], *, study: str | None = None,
+             remote: str = "forge") -> None: ...
+
+    def remote_branches(self, project: Project, *, study: str | None = None) -> dict[str, str]: ...
+
+
+def make_forge(settings: Settings, local_base_url: str | None = None) -> Forge:
+    """The forge that ``BIDSFLUX_FORGE_TYPE`` names.
+
+    ``local_base_url`` is the embedded forge server's address (``ForgeServer.base_url``);
+    a GitLab forge takes its address from ``CI_SERVER_URL``.
+    """
+    if settings.forge_type == "gitlab":
+        from .gitlab import GitLabForge  # python-gitlab is imported only where GitLab is used
+
+        return GitLabForge(settings)
+    if local_base_url is None:
+        raise ForgeError("the local forge needs the address of its server", hint="start a ForgeServer first")
+    return LocalForge(settings, local_base_url)
 
 
 class LocalForge:
     """Bare repositories under ``<workdir>/forge``, reachable at ``base_url``."""
+
+    kind = "local"
 
     def __init__(self, settings: Settings, base_url: str):
         self.settings = settings
@@ -96,16 +143,11 @@ class LocalForge:
     def push(self, dataset: Path, project: Project, refs: Sequence[str], *, study: str | None = None,
              remote: str = "forge") -> None:
         """Push ``refs`` of ``dataset`` to ``project`` under the remote name ``remote``."""
-        current = run(["git", "remote", "get-url", remote], cwd=dataset, check=False).stdout.strip()
-        if not current:
-            git("remote", "add", remote, project.url, cwd=dataset, error=ForgeError, study=study)
-            # The forge holds git only; annexed content lives in the store.
-            git("config", f"remote.{remote}.annex-ignore", "true", cwd=dataset, error=ForgeError, study=study)
-        elif current != project.url:
-            git("remote", "set-url", remote, project.url, cwd=dataset, error=ForgeError, study=study)
-        specs = [f"refs/heads/{ref}:refs/heads/{ref}" for ref in refs]
-        run(["git", "push", "--quiet", remote, *specs], cwd=dataset, error=ForgeError, study=study,
-            env=credential_env(self.token))
+        ensure_remote(dataset, remote, project.url, study=study)
+        push_refs(dataset, remote, refs, credential_env(self.token), study=study, what=project.path)
+
+    def remote_branches(self, project: Project, *, study: str | None = None) -> dict[str, str]:
+        return ls_remote(project.url, credential_env(self.token), study=study)
 
 
-__all__ = ["ForgeServer", "LocalForge", "Project", "credential_env", "forge_token"]
+__all__ = ["Forge", "ForgeServer", "LocalForge", "Project", "credential_env", "forge_token", "make_forge"]

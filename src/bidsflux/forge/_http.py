@@ -134,7 +134,8 @@ class ForgeServer:
         except OSError as exc:
             raise ForgeError(f"cannot serve the forge on {host}:{port}: {exc.strerror}",
                              hint="pick a free port with BIDSFLUX_FORGE_PORT") from exc
-        self.host, self.port = self._httpd.server_address[:2]
+        address, self.port = self._httpd.server_address[:2]
+        self.host = address if isinstance(address, str) else bytes(address).decode()
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="forge-http", daemon=True)
 
     @property

@@ -4,6 +4,11 @@ The study superdataset registers each session as a subdataset by writing
 ``.gitmodules`` and the gitlink directly: one constant-cost commit per
 session, with no operation that walks the other subdatasets (DataLad's own
 save inspects every subdataset, which takes hours at tens of thousands).
+
+It works with either forge (:class:`~bidsflux.forge.Forge`); on GitLab a new
+project made from a template starts with the template's commits, which the
+forge merges into the dataset before its first push, so what is registered
+is always the commit that was pushed.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from .._locks import dataset_lock
 from .._proc import git
 from ..errors import ForgeError
 from ..index import IndexResult, dataset_id, ensure_dataset, save_dataset
+from ..index.superdataset import register_subdataset as _register
 from ..settings import Settings
 from ..storage import ensure_remote
-from . import LocalForge
+from . import Forge
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +50,30 @@ class Published:
     study_url: str
     bids_url: str
     session_path: str
+    group_path: str = ""
+    session_commit: str = ""
+    study_commit: str = ""
 
 
 def register_subdataset(superds: Path, path: str, url: str, ds_id: str, commit: str, message: str,
                         *, study: str | None) -> bool:
-    """Point ``superds``'s subdataset ``path`` at ``commit``; False when nothing changed."""
-    current = git("ls-files", "-s", "--", path, cwd=superds, error=ForgeError, study=study)
-    if current.startswith("160000 ") and current.split()[1] == commit:
-        return False
-    for key, value in (("path", path), ("url", url), ("datalad-id", ds_id)):
-        git("config", "-f", ".gitmodules", f"submodule.{path}.{key}", value, cwd=superds,
-            error=ForgeError, study=study)
-    (superds / path).mkdir(parents=True, exist_ok=True)
-    git("update-index", "--add", "--cacheinfo", f"160000,{commit},{path}", cwd=superds,
-        error=ForgeError, study=study)
-    git("add", ".gitmodules", cwd=superds, error=ForgeError, study=study)
-    git("commit", "--quiet", "-m", message, cwd=superds, error=ForgeError, study=study)
-    return True
+    """Point ``superds``'s subdataset ``path`` at ``commit`` (constant cost); False when unchanged."""
+    return _register(superds, path, url, ds_id, commit, message, study=study, error=ForgeError)
 
 
-def publish_session(settings: Settings, forge: LocalForge, result: IndexResult) -> Published:
-    """Push the session, register it in the study superdataset, seed the BIDS dataset."""
+def publish_session(settings: Settings, forge: Forge, result: IndexResult) -> Published:
+    """Push the session, register it in the study superdataset, seed the BIDS dataset.
+
+    Idempotent: a second call after a crash (or an identical resend) pushes
+    nothing new and makes no commit.  Failures to reach the forge are raised
+    as transient :class:`ForgeError`; nothing here touches the ledger.
+    """
     study = result.study_uid
     group = result.names.group_path
     session = forge.ensure_project(f"{group}/sourcedata/dicoms/{result.names.session_path}", study=study)
-    forge.push(result.dataset, session, ["main", "git-annex"], study=study)
+    with dataset_lock(settings.workdir / "locks", result.dataset):
+        forge.push(result.dataset, session, ["main", "git-annex"], study=study)
+        session_commit = git("rev-parse", "refs/heads/main", cwd=result.dataset, error=ForgeError, study=study)
 
     super_path = settings.datasets_dir / group / "sourcedata" / "dicoms" / "study"
     study_project = forge.ensure_project(f"{group}/sourcedata/dicoms/study", study=study)
@@ -77,31 +82,45 @@ def publish_session(settings: Settings, forge: LocalForge, result: IndexResult) 
                        study=study, annex=False)
         register_subdataset(
             super_path, result.names.session_path, session.url, dataset_id(result.dataset, study=study),
-            result.commit, f"[bids-flux] Register session {study}", study=study,
+            session_commit, f"[bids-flux] Register session {study}", study=study,
         )
         forge.push(super_path, study_project, ["main"], study=study)
         super_commit = git("rev-parse", "HEAD", cwd=super_path, error=ForgeError, study=study)
 
     bids_project = ensure_bids_dataset(settings, forge, group, study_project.url,
-                                       dataset_id(super_path, study=study), super_commit, study=study)
-    return Published(session.url, study_project.url, bids_project, result.names.session_path)
+                                       dataset_id(super_path, study=study), super_commit, study=study,
+                                       like=result.dataset)
+    return Published(session.url, study_project.url, bids_project, result.names.session_path,
+                     group_path=group, session_commit=session_commit, study_commit=super_commit)
 
 
-def ensure_bids_dataset(settings: Settings, forge: LocalForge, group: str, study_url: str, study_id: str,
-                        study_commit: str, *, study: str | None) -> str:
-    """Create the study's BIDS dataset (branches ``base`` and ``dev``) once; return its URL."""
+def ensure_bids_dataset(settings: Settings, forge: Forge, group: str, study_url: str, study_id: str,
+                        study_commit: str, *, study: str | None, like: Path | None = None) -> str:
+    """Create the study's BIDS dataset (branches ``base`` and ``dev``) once; return its URL.
+
+    The seed is pushed when the dataset is made, and again whenever the forge
+    still lacks ``dev`` (a crash between the two); never afterwards, because
+    ``dev`` then belongs to the conversion jobs.
+    """
     bids_path = settings.datasets_dir / group / "bids"
     project = forge.ensure_project(f"{group}/bids", default_branch="dev", study=study)
     with dataset_lock(settings.workdir / "locks", bids_path):
-        if ensure_dataset(bids_path, description=f"bids-flux BIDS {group}",
-                          gitattributes=BIDS_GITATTRIBUTES, study=study):
+        created = ensure_dataset(bids_path, description=f"bids-flux BIDS {group}",
+                                 gitattributes=BIDS_GITATTRIBUTES, study=study)
+        if created:
             git("branch", "-M", "base", cwd=bids_path, error=ForgeError, study=study)
-            ensure_remote(settings, bids_path, study=study)
             register_subdataset(bids_path, "sourcedata/dicoms", study_url, study_id, study_commit,
                                 "[bids-flux] Add the study's DICOM superdataset as sourcedata/dicoms",
                                 study=study)
             save_dataset(bids_path, "[bids-flux] BIDS dataset seed", study=study)
-            git("branch", "dev", "base", cwd=bids_path, error=ForgeError, study=study)
-            forge.push(bids_path, project, ["base", "dev", "git-annex"], study=study)
+        # Outside `created`: a store outage right after creation must not leave it without one.
+        # `like`: the store location sits beside the session's.
+        ensure_remote(settings, bids_path, study=study, like=like)
+        if created or "dev" not in forge.remote_branches(project, study=study):
+            # base first: a template's commits are merged into it, and dev starts from the result.
+            forge.push(bids_path, project, ["base", "git-annex"], study=study)
+            if not git("branch", "--list", "dev", cwd=bids_path, error=ForgeError, study=study):
+                git("branch", "dev", "base", cwd=bids_path, error=ForgeError, study=study)
+            forge.push(bids_path, project, ["dev"], study=study)
             forge.set_default_branch(f"{group}/bids", "dev", study=study)
     return project.url
