@@ -5,6 +5,10 @@ set -euo pipefail
 missing=()
 [ -x /usr/bin/storescu ] || missing+=(dcmtk)
 command -v git >/dev/null || missing+=(git)
+# Deployment-file checks: nginx -t on the edge config, envsubst, openssl for test certificates.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v envsubst >/dev/null || missing+=(gettext-base)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
