@@ -35,7 +35,8 @@ def spool(tmp_path: Path) -> Spool:
 
 def test_new_spool_has_its_folders(tmp_path: Path) -> None:
     Spool(tmp_path / "s")
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["complete", "conflicts", "incoming", "quarantine"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name != ".receiver.lock") == ["complete", "conflicts", "incoming", "journal",
+                                                                   "quarantine", "tmp"]
 
 
 def test_store_files_the_instance(spool: Spool) -> None:
@@ -60,14 +61,17 @@ def test_different_bytes_are_a_conflict_kept_aside(spool: Spool) -> None:
     spool.store(STUDY, SERIES, SOP, b"original")
     assert spool.store(STUDY, SERIES, SOP, b"other bytes") is StoreOutcome.CONFLICT
     assert (spool.root / "incoming" / STUDY / SERIES / f"{SOP}.dcm").read_bytes() == b"original"
-    kept = list((spool.root / "conflicts" / STUDY).iterdir())
+    kept = list((spool.root / "conflicts" / STUDY).glob("*.dcm"))
     assert len(kept) == 1
     digest = hashlib.sha256(b"other bytes").hexdigest()[:16]
     assert kept[0].name == f"{SOP}.{digest}.dcm"
     assert kept[0].read_bytes() == b"other bytes"
+    # ... with the reason beside it, for the ledger
+    why = json.loads(kept[0].with_suffix(".json").read_text())
+    assert why["sop"] == SOP and why["series"] == SERIES and "different bytes" in why["reason"]
     # the same conflicting resend again is kept once
     assert spool.store(STUDY, SERIES, SOP, b"other bytes") is StoreOutcome.CONFLICT
-    assert len(list((spool.root / "conflicts" / STUDY).iterdir())) == 1
+    assert len(list((spool.root / "conflicts" / STUDY).glob("*.dcm"))) == 1
     assert temp_files(spool.root) == []
 
 
@@ -159,7 +163,8 @@ def test_quarantine_bytes_keeps_data_and_reason(spool: Spool) -> None:
     path = spool.quarantine_bytes(b"undecodable", "bad UID", {"calling_aet": "X", "peer": "1.2.3.4"})
     assert path.read_bytes() == b"undecodable"
     assert path.parent.parent == spool.root / "quarantine"
-    reason = json.loads(path.with_name(path.name[: -len(".dcm")] + ".reason.json").read_text())
+    [why] = path.parent.glob(path.name[: -len(".dcm")] + ".*.reason.json")
+    reason = json.loads(why.read_text())
     assert reason == {"reason": "bad UID", "calling_aet": "X", "peer": "1.2.3.4"}
     assert spool.batches() == []
     assert temp_files(spool.root) == []
@@ -206,3 +211,36 @@ def test_concurrent_stores_of_one_instance_lose_nothing(spool: Spool) -> None:
         assert kept | {filed} == set(payloads)
         assert filed not in kept
     assert temp_files(spool.root) == []
+
+
+def test_instances_leave_no_temporary_files(spool: Spool) -> None:
+    spool.store(STUDY, SERIES, SOP, b"x")
+    spool.store(STUDY, SERIES, SOP, b"x")
+    spool.store(STUDY, SERIES, SOP, b"y")
+    assert list((spool.root / "tmp").iterdir()) == []
+
+
+def test_recover_removes_what_was_never_acknowledged(tmp_path: Path) -> None:
+    first = Spool(tmp_path / "s")
+    (tmp_path / "s" / "tmp" / "recv-0123").write_bytes(b"half an instance")
+    (tmp_path / "s" / "tmp" / "import-fresh").mkdir()  # an import another process is doing right now
+    first.close()
+    Spool(tmp_path / "s")
+    assert [p.name for p in (tmp_path / "s" / "tmp").iterdir()] == ["import-fresh"]
+
+
+def test_only_one_owner_recovers(tmp_path: Path) -> None:
+    owner = Spool(tmp_path / "s")
+    (tmp_path / "s" / "tmp" / "recv-live").write_bytes(b"being received by the owner")
+    Spool(tmp_path / "s")  # e.g. `bidsflux index` next to `bidsflux serve`
+    assert (tmp_path / "s" / "tmp" / "recv-live").exists()
+    owner.close()
+
+
+def test_batches_by_priority_then_age(spool: Spool) -> None:
+    made = []
+    for uid, priority in (("1.1", 0), ("1.2", 5), ("1.3", 0)):
+        spool.store(uid, uid + ".1", uid + ".1.1", b"x")
+        made.append(spool.complete_study(uid, lambda folder, p=priority: {
+            "route.json": json.dumps({"priority": p}).encode()}))
+    assert [b.study_uid for b in spool.batches()] == ["1.2", "1.1", "1.3"]
