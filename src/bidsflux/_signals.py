@@ -16,7 +16,9 @@ def wait_for_stop() -> None:
     # SIGINT is ignored in background jobs of a non-interactive shell: install ours anyway.
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(3600):
+        # Short waits: the kernel may deliver the signal to another thread, and the
+        # handler then runs only when the main thread next wakes up.
+        while not stop.wait(1.0):
             pass
     finally:
         for sig, old in previous.items():

@@ -27,7 +27,7 @@ from pathlib import Path
 from . import faults, storage
 from ._datalad import head as dataset_head
 from ._fs import remove_tree
-from .assemble import Assembler
+from .assemble import AssembleOptions, Assembler
 from .errors import BidsfluxError, NamingError
 from .forge import ForgeServer, forge_token, make_forge
 from .forge.publish import Published, publish_session
@@ -35,7 +35,7 @@ from .index import IndexResult, Manifest, SessionNames, index_batch
 from .ledger import TERMINAL_STATES, Ledger, State, StudyRecord
 from .metrics import MetricsServer
 from .naming import identity_fields
-from .receive import Batch, Endpoint, Spool, StudyCounters
+from .receive import Batch, Endpoint, EndpointOptions, Spool, StudyCounters
 from .runner import run_job
 from .settings import Settings
 
@@ -97,14 +97,18 @@ class Service:
             if identity_fields(template):
                 log.warning("%s uses %s: patient identity will appear in forge paths and dataset names",
                             name, ", ".join(sorted(identity_fields(template))))
+        # Checked before anything listens: a bad rules file or incomplete TLS settings stop the start.
+        assemble_options = AssembleOptions.from_settings(self.settings) if receive else None
+        endpoint_options = EndpointOptions.from_settings(self.settings) if receive else None
         self.forge_server.start()
         if self.settings.metrics_port is not None:
             self.metrics = MetricsServer(self.ledger, self.settings.metrics_host, self.settings.metrics_port).start()
         if receive:
             self.endpoint = Endpoint(self.spool, aet=self.settings.storescp_aet,
                                      host=self.settings.storescp_host, port=self.settings.storescp_port,
-                                     on_new_study=self._on_new_study)
-            self.assembler = Assembler(self.spool, self.endpoint.state, self.ledger, self.settings.quiet_period)
+                                     on_new_study=self._on_new_study, options=endpoint_options)
+            self.assembler = Assembler(self.spool, self.endpoint.state, self.ledger, self.settings.quiet_period,
+                                       options=assemble_options)
         self._worker.start()
         return self
 
@@ -228,7 +232,14 @@ class Service:
         study = batch.study_uid
         self.progress(study, "indexing")
         route = _read_route(batch.path)
-        result = index_batch(self.settings, study, batch.path, group_template=route.get("group_template"))
+        if route.get("ignore"):
+            # A routing rule says this study is not ours to convert: kept, visible, releasable.
+            self._give_up(study, batch, State.QUARANTINED,
+                          f"ignored by routing rule {route.get('rule')!r}", "quarantine")
+            return
+        template = route.get("group_template")
+        result = index_batch(self.settings, study, batch.path,
+                             group_template=template if isinstance(template, str) else None)
         storage.plan(self.settings, result.dataset, study=study, tags=result.tags)
         for name, path in result.conflicts:
             self.spool.keep_conflict(study, name.rsplit(".", 1)[0], path.read_bytes())

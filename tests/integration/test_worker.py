@@ -135,3 +135,17 @@ def test_metrics_from_the_ledger(service: Service) -> None:
             assert response.status == 200 and b"bidsflux_studies" in response.read()
     finally:
         server.stop()
+
+
+def test_a_study_a_routing_rule_ignores_is_kept_aside_not_indexed(service: Service, tmp_path: Path) -> None:
+    import json
+
+    spec = StudySpec(seed=34)
+    uid = study_uid(spec)
+    batch = make_batch(service.spool.root, spec, tmp_path / "d", only_series={1})
+    (batch / "route.json").write_text(json.dumps({"rule": "phantoms", "ignore": True}))
+    service.step()
+    record = service.ledger.require(uid)
+    assert record.state is State.QUARANTINED and "ignored by routing rule 'phantoms'" in record.error
+    assert not service.settings.datasets_dir.exists() or not any(service.settings.datasets_dir.rglob("manifest.json"))
+    assert list((service.spool.root / "quarantine").glob(f"{uid}@*/route.json"))
