@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from . import faults, storage
@@ -144,12 +145,12 @@ class Service:
         for batch in self.spool.batches():
             pending.add(batch.study_uid)
             if self._due(batch.study_uid, now):
-                self._attempt(batch.study_uid, lambda b=batch: self._index(b), batch)
+                self._attempt(batch.study_uid, partial(self._index, batch), batch)
                 return True
         for batch in self._parked_unrecorded():
             # Killed after parking the batch but before the ledger said INDEXED.
             if self._due(batch.study_uid, now):
-                self._attempt(batch.study_uid, lambda b=batch: self._index(b), batch)
+                self._attempt(batch.study_uid, partial(self._index, batch), batch)
                 return True
         for record in self.ledger.studies(RESUME):
             study = record.study_uid
@@ -158,7 +159,7 @@ class Service:
             if record.state is State.VALIDATED and not self.settings.bids_auto_merge:
                 continue
             action = getattr(self, f"_{RESUME[record.state]}")
-            self._attempt(study, lambda s=study, a=action: a(s))
+            self._attempt(study, partial(action, study))
             return True
         return False
 
@@ -317,7 +318,11 @@ class Service:
 
     def _follow_pipeline(self, study: str, record: StudyRecord) -> None:
         """On GitLab the conversion is a CI pipeline: start or find it, follow it into the ledger."""
+        from .forge.gitlab import GitLabForge
         from .forge.pipelines import follow_conversion
+
+        if not isinstance(self.forge, GitLabForge):
+            raise BidsfluxError("BIDSFLUX_FORGE_TYPE=gitlab but the forge is not GitLab", study=study)
 
         published = Published(
             record.details["session_url"], record.details["study_url"], record.details["bids_url"],

@@ -57,7 +57,7 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     settings, ledger = _open(args)
     try:
-        rows = [{"study_uid": r.study_uid, "reason": r.error, "since": r.updated_at,
+        rows: list[dict[str, Any]] = [{"study_uid": r.study_uid, "reason": r.error, "since": r.updated_at,
                  "kept_at": [str(p) for p in kept_batches(settings, r.study_uid)]}
                 for r in ledger.studies([State.QUARANTINED])]
     finally:

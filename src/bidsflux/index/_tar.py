@@ -61,11 +61,11 @@ def build_archive(members: dict[str, Path | bytes], target: Path, *, compression
     tmp = target.with_name(f".{target.name}.partial")
     try:
         with open(tmp, "wb") as raw:
-            writer = _HashingWriter(raw)  # type: ignore[arg-type]
+            writer = _HashingWriter(raw)
             stream: io.RawIOBase | gzip.GzipFile = writer
             if compression == "gzip":
                 stream = gzip.GzipFile(filename="", mode="wb", fileobj=writer, mtime=0, compresslevel=6)
-            with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for name in sorted(members):
                     source = members[name]
                     data = source if isinstance(source, bytes) else None
@@ -78,7 +78,7 @@ def build_archive(members: dict[str, Path | bytes], target: Path, *, compression
                     if data is not None:
                         tar.addfile(info, io.BytesIO(data))
                     else:
-                        with open(source, "rb") as fh:  # type: ignore[arg-type]
+                        with open(source, "rb") as fh:
                             tar.addfile(info, fh)
             if stream is not writer:
                 stream.close()
