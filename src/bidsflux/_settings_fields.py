@@ -78,5 +78,12 @@ def positive_int(raw: str) -> int:
     return value
 
 
+def non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be a whole number of 0 or more (0: no bound)")
+    return value
+
+
 def path(raw: str) -> Path:
     return Path(raw).expanduser()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ._settings_fields import choice, path, port, positive_float, positive_int, setting
+from ._settings_fields import choice, non_negative_int, path, port, positive_float, positive_int, setting
 
 
 def http_url(raw: str) -> str:
@@ -27,12 +27,6 @@ def http_url(raw: str) -> str:
         raise ValueError("must not have a query or fragment")
     return raw.strip().rstrip("/")
 
-
-def non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be a whole number, 0 or more")
-    return value
 
 
 def token_days(raw: str) -> int:

@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._settings_fields import AET_RE, aet, boolean, path, port, positive_float, positive_int, setting
+from ._settings_fields import (AET_RE, aet, boolean, non_negative_int, path, port, positive_float, positive_int,
+                               setting)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -23,12 +24,6 @@ def byte_size(raw: str) -> int:
     unit = (match.group(2) or "").lower().removesuffix("b")
     return int(float(match.group(1)) * _UNITS[unit])
 
-
-def non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be a whole number of 0 or more (0: no bound)")
-    return value
 
 
 def non_negative_float(raw: str) -> float:
