@@ -31,7 +31,7 @@ from ._tags import first_instance, read_tags, series_description
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["AssembleOptions", "Assembler", "BatchCounts", "ImportResult", "count_batch", "import_folder"]
+__all__ = ["AssembleOptions", "Assembler", "BatchCounts", "ImportResult", "count_batch", "import_folder", "read_tags"]
 
 log = logging.getLogger(__name__)
 
