@@ -37,7 +37,7 @@ from .ledger import TERMINAL_STATES, Ledger, State, StudyRecord
 from .metrics import MetricsServer
 from .naming import identity_fields
 from .receive import Batch, Endpoint, EndpointOptions, Spool, StudyCounters
-from .runner import run_job
+from .runner import require_success, run_pipeline
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -295,26 +295,42 @@ class Service:
             self._follow_pipeline(study, record)
             return
         self.ledger.transition(study, State.CONVERTING)
-        self.progress(study, "converting (local runner: bidsflux ci convert)")
-        outcome = run_job(
-            self.settings, self.forge.token, "convert",
-            ["--bids-url", record.details["bids_url"], "--session", record.details["session_path"],
-             "--study", study],
-            study=study, on_line=lambda line: self.progress(study, "  " + line),
-        )
-        self.ledger.transition(study, State.CONVERTED, counts={
-            "nifti_files": outcome["nifti_files"], "commit": outcome["commit"], "versions": outcome["versions"]},
-            details={"branch": outcome["branch"]})
-        if not outcome["valid"]:
-            raise BidsfluxError(f"BIDS validation: {outcome['summary']}", study=study,
-                                hint=f"see branch {outcome['branch']}; `bidsflux retry` after fixing")
-        self.ledger.transition(study, State.VALIDATED, counts={"errors": outcome["errors"],
-                                                               "warnings": outcome["warnings"]},
-                               details={"validation": outcome["summary"], "changed": False})
-        if outcome["merged"]:
-            self.ledger.transition(study, State.MERGED, counts={"merge_commit": outcome["merge_commit"]},
-                                   details={"merge_commit": outcome["merge_commit"]})
-            self.progress(study, f"merged {outcome['branch']} into dev")
+        self.progress(study, "converting: the bids pipeline on the local runner (ci-pipelines/bids.yml)")
+        variables = {"BIDSFLUX_PIPELINE": "convert", "BIDSFLUX_STUDY_UID": study,
+                     "BIDSFLUX_SESSION": record.details["session_path"],
+                     "BIDSFLUX_BIDS_URL": record.details["bids_url"],
+                     "BIDSFLUX_SESSION_COMMIT": record.details.get("session_commit", ""),
+                     "BIDSFLUX_STUDY_COMMIT": record.details.get("study_commit", "")}
+        checks: dict[str, dict[str, object]] = {}
+
+        def job_done(job: str, outcome: dict[str, object]) -> None:
+            self.progress(study, f"job {job}: {outcome['status']}")
+            if job == "convert" and outcome["status"] == "success":
+                self.ledger.transition(study, State.CONVERTED, counts={
+                    "nifti_files": outcome["nifti_files"], "commit": outcome["commit"],
+                    "versions": outcome["versions"]},
+                    details={"branch": outcome["branch"], "merge_request": outcome.get("merge_request"),
+                             "heuristic": outcome.get("heuristic")})
+            elif job in ("validate", "phi-check"):
+                checks[job] = outcome
+                if len(checks) == 2 and all(c["status"] == "success" for c in checks.values()):
+                    validation = checks["validate"]
+                    self.ledger.transition(study, State.VALIDATED, counts=validation.get("details", {}),
+                                           details={"validation": validation.get("summary"),
+                                                    "phi_check": checks["phi-check"].get("summary"),
+                                                    "changed": False})
+            elif job == "merge" and outcome["status"] == "success":
+                merged = outcome.get("details", {})
+                if isinstance(merged, dict) and merged.get("merged"):
+                    self.ledger.transition(study, State.MERGED, counts={"merge_commit": merged["merge_commit"]},
+                                           details={"merge_commit": merged["merge_commit"]})
+                    self.progress(study, f"merged convert/{record.details['session_path']} into dev")
+
+        run = run_pipeline(self.settings, self.forge.token, "bids", variables, study=study,
+                           on_line=lambda line: self.progress(study, "  " + line), on_job=job_done)
+        if not run.jobs:
+            raise BidsfluxError("the bids pipeline planned no job for this session", study=study)
+        require_success(run, study=study)
 
     def _follow_pipeline(self, study: str, record: StudyRecord) -> None:
         """On GitLab the conversion is a CI pipeline: start or find it, follow it into the ledger."""

@@ -102,3 +102,21 @@ class LedgerError(BidsfluxError):
     """The ledger could not be read or written, or a study is unknown."""
 
     exit_code = 10
+
+
+class DeriveError(BidsfluxError):
+    """A derivative or QC job could not produce or publish its dataset."""
+
+    exit_code = 11
+
+
+class SendError(BidsfluxError):
+    """Results could not be sent back to a DICOM destination (PACS, the sender)."""
+
+    exit_code = 12
+
+
+class PhiError(BidsfluxError):
+    """The PHI check found identifying data the study does not allow."""
+
+    exit_code = 13

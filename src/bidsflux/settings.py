@@ -44,6 +44,16 @@ class GeneralSettings:
 class ConvertSettings:
     bids_heuristic: str = setting("BIDSFLUX_HEURISTIC", "reproin")
     bids_auto_merge: bool = setting("BIDSFLUX_AUTO_MERGE", True, boolean)
+    phi_allow: frozenset[str] = setting("BIDSFLUX_PHI_ALLOW", frozenset({"patient-id", "acquisition-time"}),
+                                        lambda text: _phi_allow(text))
+    ci_pipelines_dir: Path = setting("BIDSFLUX_CI_PIPELINES_DIR", Path(__file__).resolve().parents[2] / "ci-pipelines",
+                                     Path)
+
+
+def _phi_allow(text: str) -> frozenset[str]:
+    from .convert.phi import parse_allow  # the words are the PHI check's; imported when read
+
+    return parse_allow(text)
 
 
 @dataclass(frozen=True)

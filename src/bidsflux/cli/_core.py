@@ -1,4 +1,4 @@
-"""The core commands: serve, demo, send-test-study, status, ci convert."""
+"""The core commands: serve, demo, send-test-study, status."""
 
 from __future__ import annotations
 
@@ -52,17 +52,6 @@ def register(sub: Any) -> None:
     status.add_argument("--history", action="store_true", help="every transition of the selected studies")
     status.add_argument("--workdir", type=Path)
     status.set_defaults(func=cmd_status)
-
-    ci = sub.add_parser("ci", help="the commands CI jobs run")
-    ci_sub = ci.add_subparsers(dest="job", metavar="JOB")
-    ci_sub.required = True
-    convert = ci_sub.add_parser("convert", help="convert one session to BIDS on branch convert/<session>")
-    convert.add_argument("--bids-url", required=True)
-    convert.add_argument("--session", required=True)
-    convert.add_argument("--study", required=True)
-    convert.add_argument("--job-dir", type=Path, default=Path("."))
-    convert.add_argument("--result", type=Path, help="write the outcome as JSON here")
-    convert.set_defaults(func=cmd_ci_convert)
 
 
 def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -155,17 +144,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path("bidsflux-demo")
     settings = settings_from(args, workdir=workdir)
     return run_demo(settings, seed=args.seed, keep_serving=not args.exit)
-
-
-def cmd_ci_convert(args: argparse.Namespace) -> int:
-    from ..convert import run_convert_job
-
-    settings = settings_from(args)
-    outcome = run_convert_job(settings, bids_url=args.bids_url, session=args.session, study_uid=args.study,
-                              job_dir=args.job_dir.resolve())
-    if args.result:
-        outcome.write(args.result)
-    print(f"[convert] {outcome.summary}; merged={outcome.merged}")
-    return 0
-
-

@@ -1,10 +1,11 @@
 """Stage 6, convert: heudiconv + dcm2niix into the study's BIDS dataset.
 
-``run_convert_job`` is the body of the ``convert`` CI job (``bidsflux ci
-convert``); the embedded default's local runner runs the very same command.
+The jobs of the bids pipeline (``ci-pipelines/bids.yml``) live in
+:mod:`.job`: GitLab's runners and the embedded default's local runner run the
+same ``bidsflux ci ...`` commands.
 """
 
 from ._validator import Validation, validate
-from .job import ConvertOutcome, run_convert_job
+from .job import CheckOutcome, ConvertOutcome, run_convert_job
 
-__all__ = ["ConvertOutcome", "Validation", "run_convert_job", "validate"]
+__all__ = ["CheckOutcome", "ConvertOutcome", "Validation", "run_convert_job", "validate"]
