@@ -9,6 +9,9 @@ command -v git >/dev/null || missing+=(git)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v envsubst >/dev/null || missing+=(gettext-base)
 command -v openssl >/dev/null || missing+=(openssl)
+# gitlab-ci-local (npm, pinned in package-lock.json) runs the CI templates in the tests.
+command -v npm >/dev/null || missing+=(nodejs npm)
+command -v rsync >/dev/null || missing+=(rsync)  # gitlab-ci-local copies the checkout with it
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

@@ -34,6 +34,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
+from . import _datalad
 from ._settings_destinations import SENDER, Destination, host
 from ._settings_fields import aet
 from .errors import SendError, UsageError
@@ -88,27 +89,38 @@ def _is_dicom(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
-def find_dicom(root: Path) -> list[Path]:
-    """DICOM files under ``root``: a ``DICM`` preamble or a ``.dcm`` name; ``.git`` skipped.
-
-    Annexed files (symlinks) count when their content is present; those
-    without it are skipped, with one warning giving their number.
-    """
-    found: list[Path] = []
-    absent = 0
+def _walk(root: Path) -> tuple[list[Path], list[Path]]:
+    """(regular files and symlinks to present content, dangling symlinks) under ``root``, ``.git`` skipped."""
+    present: list[Path] = []
+    absent: list[Path] = []
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = [name for name in subfolders if name != ".git"]  # symlinked folders are not followed
         for name in names:
             path = Path(folder, name)
-            if not path.is_file():  # a dangling symlink: annexed content not here
-                absent += path.is_symlink()
-                continue
-            if _is_dicom(path):
-                found.append(path)
+            if path.is_file():
+                present.append(path)
+            elif path.is_symlink():  # annexed, content not here
+                absent.append(path)
+    return present, absent
+
+
+def find_dicom(root: Path, *, get: bool = False) -> list[Path]:
+    """DICOM files under ``root``: a ``DICM`` preamble or a ``.dcm`` name; ``.git`` skipped.
+
+    Annexed files (symlinks) count when their content is present.  With
+    ``get``, the content of every annexed file under ``root`` that is not
+    present is fetched first (``datalad get``; point ``root`` at the DICOM
+    folder of a large derivative); without, those files are skipped, with
+    one warning giving their number.
+    """
+    present, absent = _walk(root)
+    if absent and get:
+        _datalad.get(root, [str(path.relative_to(root)) for path in absent], study=None, error=SendError)
+        present, absent = _walk(root)
     if absent:
         log.warning("skipped %d file(s) under %s whose annexed content is not present (datalad get them first)",
-                    absent, root)
-    return sorted(found)
+                    len(absent), root)
+    return sorted(path for path in present if _is_dicom(path))
 
 
 def _sender_host(raw: str) -> str:

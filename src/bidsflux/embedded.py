@@ -158,6 +158,8 @@ class Service:
                 continue
             if record.state is State.VALIDATED and not self.settings.bids_auto_merge:
                 continue
+            if record.state is State.PUBLISHED and self._external_runner:
+                continue  # another runner (GitLab CI, gitlab-ci-local) converts
             action = getattr(self, f"_{RESUME[record.state]}")
             self._attempt(study, partial(action, study))
             return True
@@ -285,6 +287,10 @@ class Service:
             "study_commit": published.study_commit})
         self.progress(study, f"published: {published.session_url}")
 
+    @property
+    def _external_runner(self) -> bool:
+        return self.settings.forge_type == "local" and self.settings.runner == "external"
+
     def _convert(self, study: str) -> None:
         record = self.ledger.require(study)
         if not record.details.get("changed", True) and record.details.get("merge_commit"):
@@ -353,6 +359,8 @@ class Service:
         final = set(TERMINAL_STATES)
         if not self.settings.bids_auto_merge:
             final.add(State.VALIDATED)  # waits for a person to review and merge
+        if self._external_runner:
+            final.add(State.PUBLISHED)
         while time.monotonic() < deadline:
             record = self.ledger.get(study)
             if record is not None and record.state in final:

@@ -81,6 +81,8 @@ def run_pipeline(settings: Settings, token: str, kind: str, variables: Mapping[s
         env = {**base, **handed_on, "CI_JOB_NAME": job.name, "CI_JOB_STAGE": job.stage}
         env.update(cifile.resolve_variables(job.variables, env))
         lines: list[str] = [f"$ job {job.name} ({kind}.yml, stage {job.stage})"]
+        if on_line is not None:
+            on_line(lines[0])
         code = 0
         for line in job.script:
             argv = cifile.command(line, env, pipeline.path, job.name)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._settings_fields import boolean, log_level, setting
+from ._settings_destinations import DestinationSettings
+from ._settings_fields import boolean, choice, log_level, setting
 from ._settings_forge import ForgeSettings
 from ._settings_index import IndexSettings
 from ._settings_receive import ReceiveSettings
@@ -44,6 +45,7 @@ class GeneralSettings:
 class ConvertSettings:
     bids_heuristic: str = setting("BIDSFLUX_HEURISTIC", "reproin")
     bids_auto_merge: bool = setting("BIDSFLUX_AUTO_MERGE", True, boolean)
+    runner: str = setting("BIDSFLUX_RUNNER", "local", choice("local", "external"))
     phi_allow: frozenset[str] = setting("BIDSFLUX_PHI_ALLOW", frozenset({"patient-id", "acquisition-time"}),
                                         lambda text: _phi_allow(text))
     ci_pipelines_dir: Path = setting("BIDSFLUX_CI_PIPELINES_DIR", Path(__file__).resolve().parents[2] / "ci-pipelines",
@@ -57,7 +59,7 @@ def _phi_allow(text: str) -> frozenset[str]:
 
 
 @dataclass(frozen=True)
-class Settings(ConvertSettings, ForgeSettings, StorageSettings, IndexSettings, ReceiveSettings,
+class Settings(DestinationSettings, ConvertSettings, ForgeSettings, StorageSettings, IndexSettings, ReceiveSettings,
                GeneralSettings):
     """Every setting of bids-flux, one frozen object; build with :func:`load_settings`.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +16,9 @@ from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, ImplicitVRLi
 from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 
+from bidsflux import _datalad
 from bidsflux._settings_destinations import Destination, DestinationSettings
-from bidsflux.destinations import make_sr, resolve, send
+from bidsflux.destinations import find_dicom, make_sr, resolve, send
 from bidsflux.errors import SendError
 from bidsflux.scanner import StudySpec, write_study
 
@@ -159,3 +161,19 @@ def test_a_dropped_association_is_a_transient_error(tmp_path: Path, study: list[
                  study=None)
         assert caught.value.transient is True
         assert "dropped the association at file 1 of 4" in str(caught.value)
+
+
+def test_find_dicom_gets_annexed_content_on_request(tmp_path: Path, study: list[Path]) -> None:
+    origin = tmp_path / "origin"
+    _datalad.ensure_dataset(origin, description="derivative", gitattributes="* annex.largefiles=anything\n",
+                            study=None)
+    (origin / "dicom").mkdir()
+    shutil.copyfile(study[0], origin / "dicom" / "MR.1")  # no .dcm name: only its content says DICOM
+    _datalad.save(origin, "results", study=None)
+    clone = tmp_path / "clone"
+    _datalad.clone(str(origin), clone, study=None)
+    assert (clone / "dicom" / "MR.1").is_symlink() and not (clone / "dicom" / "MR.1").exists()
+
+    assert find_dicom(clone) == []
+    assert find_dicom(clone, get=True) == [clone / "dicom" / "MR.1"]
+    assert (clone / "dicom" / "MR.1").read_bytes() == study[0].read_bytes()

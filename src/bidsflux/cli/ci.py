@@ -34,7 +34,7 @@ def _session_options(parser: argparse.ArgumentParser, *, commit: bool = True) ->
                             help="the conversion commit (BIDSFLUX_CONVERT_COMMIT, from the convert job)")
         parser.add_argument("--merge-request", type=int, default=int(os.environ.get("BIDSFLUX_MERGE_REQUEST") or 0),
                             help="merge request to report to (BIDSFLUX_MERGE_REQUEST)")
-    parser.add_argument("--job-dir", type=Path, default=Path(".bidsflux-job"), help="scratch folder (removed)")
+    parser.add_argument("--job-dir", type=Path, help="scratch folder, removed afterwards (default .bidsflux-job/<job>-<pid>: jobs may share a folder)")
     parser.add_argument("--result", type=Path, help="write the outcome as JSON here (default ./<job>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the job folder")
 
@@ -74,7 +74,7 @@ def register(sub: Any) -> None:
                         help="derivatives used as inputs, comma-separated (BIDSFLUX_DERIVATIVE_INPUTS)")
     derive.add_argument("--image", default=_env("BIDSFLUX_DERIVATIVE_IMAGE") or _env("CI_JOB_IMAGE") or "")
     derive.add_argument("--ref", default=_env("BIDSFLUX_BIDS_REF") or "dev")
-    derive.add_argument("--job-dir", type=Path, default=Path(".bidsflux-job"))
+    derive.add_argument("--job-dir", type=Path)
     derive.add_argument("--result", type=Path)
     derive.add_argument("--keep", action="store_true")
     derive.set_defaults(func=cmd_derive)
@@ -90,7 +90,7 @@ def register(sub: Any) -> None:
                       help="destination names, comma-separated; `sender` returns results to the modality")
     send.add_argument("--sender", default=_env("BIDSFLUX_SENDER"),
                       help="AE@host of the modality that sent the study (BIDSFLUX_SENDER)")
-    send.add_argument("--job-dir", type=Path, default=Path(".bidsflux-job"))
+    send.add_argument("--job-dir", type=Path)
     send.add_argument("--result", type=Path)
     send.add_argument("--keep", action="store_true")
     send.set_defaults(func=cmd_dicom_send)
@@ -138,7 +138,7 @@ def _finish(args: argparse.Namespace, job: str, outcome: Any, passed: bool, mess
 def _prepared(args: argparse.Namespace, *required: str) -> Any:
     _require(args, *required)
     job_credentials()
-    args.job_dir = args.job_dir.resolve()
+    args.job_dir = (args.job_dir or Path(".bidsflux-job") / f"{args.job}-{os.getpid()}").resolve()
     args.job_dir.mkdir(parents=True, exist_ok=True)
     return settings_from(args)
 
@@ -213,10 +213,10 @@ def cmd_dicom_send(args: argparse.Namespace) -> int:
     _datalad.clone(url, dataset, study=args.study, error=SendError)
     sender = None
     if args.sender:
-        aet, _, host = args.sender.partition("@")
+        aet, _, host = args.sender.rpartition("@")
         sender = (aet, host)
     destinations = resolve(settings, [n.strip() for n in args.to.split(",") if n.strip()], sender=sender)
-    files = find_dicom(dataset, get=True) if "get" in find_dicom.__code__.co_varnames else find_dicom(dataset)
+    files = find_dicom(dataset, get=True)
     if not files:
         raise SendError(f"{args.kind}/{args.source} holds no DICOM files to send", study=args.study)
     reports = [send(files, d, calling_aet=settings.dicom_send_aet, timeout=settings.dicom_send_timeout,

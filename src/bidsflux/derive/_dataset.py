@@ -25,6 +25,7 @@ from ..errors import DeriveError
 DESCRIPTION = "dataset_description.json"
 JOB_ENTRY_NAME = "bids-flux"
 BIDS_VERSION = "1.10.0"
+_ROUTINE = re.compile(r"^\s*(\w+\((ok|notneeded)\):|\[INFO\])")  # DataLad's progress, not why it failed
 _RECORD = re.compile(r"=== Do not change lines below ===\n(.*?)\n\^\^\^ Do not change lines above \^\^\^", re.S)
 
 
@@ -128,7 +129,7 @@ def datalad_run(ds: Path, command: Sequence[str], *, inputs: Sequence[str], outp
         argv += ["--output", path]
     argv += ["--", *command]
     env = tool_env()
-    tail: deque[str] = deque(maxlen=15)
+    tail: deque[str] = deque(maxlen=40)
     try:
         proc = subprocess.Popen(argv, cwd=ds, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except FileNotFoundError as exc:
@@ -141,7 +142,7 @@ def datalad_run(ds: Path, command: Sequence[str], *, inputs: Sequence[str], outp
             print(f"  {line}", flush=True)
         code = proc.wait()
     if code != 0:
-        shown = " | ".join(line for line in tail if line.strip())[-600:]
+        shown = " | ".join([line for line in tail if line.strip() and not _ROUTINE.match(line)][-6:])[-600:]
         raise DeriveError(f"{label}: `datalad run {command_text(command)[:200]}` failed (exit {code}): {shown}",
                           study=study, hint="nothing was pushed; fix the command or its inputs and run the job again")
 

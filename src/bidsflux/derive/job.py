@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 BRANCH = "main"
 DERIVATIVE_GITATTRIBUTES = BIDS_GITATTRIBUTES + """\
 *.md annex.largefiles=nothing
-*.txt annex.largefiles=nothing
 """
 
 
@@ -60,7 +59,7 @@ class DeriveOutcome:
     changed: bool
     outputs: list[str] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
-    stored_keys: int = 0
+    stored_keys: int = 0  # annexed files verified in the store by this run (0 when unchanged)
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")

@@ -72,15 +72,20 @@ def study_uid_of(dataset: Path, after: str, session: str) -> str:
 
 
 def default_bids_url(dataset: Path) -> str:
-    server, project = os.environ.get("CI_SERVER_URL"), os.environ.get("CI_PROJECT_PATH")
-    if server and project:
+    """The BIDS dataset beside the superdataset: ``<group>/bids`` for ``<group>/sourcedata/dicoms/study``."""
+    suffix = "/sourcedata/dicoms/study"
+    server, project = os.environ.get("CI_SERVER_URL"), os.environ.get("CI_PROJECT_PATH", "")
+    if server and project.endswith(suffix):
         url = f"{server.rstrip('/')}/{project}.git"
     else:
-        url = git("remote", "get-url", "origin", cwd=dataset, error=ForgeError)
-    suffix = "/sourcedata/dicoms/study.git"
-    if not url.endswith(suffix):
-        raise ForgeError(f"{url} is not a study superdataset (…{suffix})", hint="give --bids-url")
-    return url[: -len(suffix)] + "/bids.git"
+        parts = urllib.parse.urlsplit(git("remote", "get-url", "origin", cwd=dataset, error=ForgeError))
+        # A runner's origin carries its job token as user info: never keep it.
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port
+                                                                               else "")))
+    if not url.removesuffix(".git").endswith(suffix):
+        raise ForgeError("the checkout is not a study superdataset (…/sourcedata/dicoms/study)",
+                         hint="give --bids-url")
+    return url.removesuffix(".git")[: -len(suffix)] + "/bids.git"
 
 
 def trigger_sessions(settings: Settings, dataset: Path, *, before: str | None, after: str,
