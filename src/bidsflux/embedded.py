@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from . import faults, storage
 from ._datalad import head as dataset_head
@@ -307,9 +308,9 @@ class Service:
                      "BIDSFLUX_BIDS_URL": record.details["bids_url"],
                      "BIDSFLUX_SESSION_COMMIT": record.details.get("session_commit", ""),
                      "BIDSFLUX_STUDY_COMMIT": record.details.get("study_commit", "")}
-        checks: dict[str, dict[str, object]] = {}
+        checks: dict[str, dict[str, Any]] = {}
 
-        def job_done(job: str, outcome: dict[str, object]) -> None:
+        def job_done(job: str, outcome: dict[str, Any]) -> None:
             self.progress(study, f"job {job}: {outcome['status']}")
             if job == "convert" and outcome["status"] == "success":
                 self.ledger.transition(study, State.CONVERTED, counts={

@@ -46,6 +46,24 @@ def infotodict(seqinfo):
 '''
 
 
+DERIVATIVE_JOBS = """\
+include:
+  - local: /ci-pipelines/derivatives.yml
+
+stats:
+  extends: .bidsflux-derivative
+  variables:
+    BIDSFLUX_DERIVATIVE_COMMAND: "python -m bidsflux.derive.stats --mean-images inputs/bids ."
+
+qc-stats:
+  extends: .bidsflux-qc
+  needs: [stats]
+  variables:
+    BIDSFLUX_DERIVATIVE_INPUTS: stats
+    BIDSFLUX_DERIVATIVE_COMMAND: "python -m bidsflux.derive.qc inputs/stats ."
+"""
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, SeaweedFS]]:
     if not GCL.exists():
@@ -115,7 +133,7 @@ def test_study_pipeline_starts_the_bids_pipeline_which_converts_validates_and_me
 
     dev_log = forge_git(service, f"{group}/bids", "log", "--format=%s", "dev")
     assert dev_log.splitlines()[0] == f"[bids-flux] Merge convert/{session['session_path']} into dev"
-    message = forge_git(service, f"{group}/bids", "log", "-1", "--format=%B", f"dev^2")
+    message = forge_git(service, f"{group}/bids", "log", "-1", "--format=%B", "dev^2")
     assert "heuristic: reproin" in message and "heudiconv: " in message and "dcm2niix: " in message
     [mr] = LocalReview(service.settings.forge_dir).list(f"{group}/bids")
     assert mr.state == "merged" and mr.target_branch == "dev"
@@ -135,6 +153,34 @@ def test_study_pipeline_starts_the_bids_pipeline_which_converts_validates_and_me
     assert valid.returncode == 0, valid.stdout[-2000:]
     record = json.loads((clone / ".bidsflux" / "conversions" / f"{session['session_path']}.json").read_text())
     assert record["heuristic"] == "reproin" and record["mapping"]
+
+    # The study's derivative DAG on its bids project: stats, then a GPU-tagged mean-image job and QC needing it.
+    project = project_checkout(service, session["bids_url"], tmp_path / "bids", "dev", "derivatives.yml")
+    (project / ".gitlab-ci.yml").write_text(DERIVATIVE_JOBS)
+    subprocess.run(["git", "commit", "-qam", "Derivatives"], cwd=project, check=True)
+    done = gitlab_ci_local(service, project, {"BIDSFLUX_PIPELINE": "derivatives",
+                                              "BIDSFLUX_BIDS_URL": session["bids_url"]})
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert log.index("stats ") < log.index("qc-stats ")
+    dev = forge_git(service, f"{group}/bids", "rev-parse", "dev")
+    stats = tmp_path / "stats"
+    url = session["bids_url"].removesuffix("/bids.git") + "/derivatives/stats.git"
+    subprocess.run(["datalad", "clone", url, str(stats)], env=env, check=True, capture_output=True)
+    rows = (stats / "stats.tsv").read_text().splitlines()
+    assert len(rows) - 1 == len(list(clone.glob("sub-*/**/*.nii.gz")))
+    run_record = subprocess.run(["git", "log", "-1", "--format=%B"], cwd=stats, capture_output=True, text=True,
+                                check=True).stdout
+    assert "[DATALAD RUNCMD]" in run_record and "bidsflux.derive.stats" in run_record
+    pinned = subprocess.run(["git", "ls-tree", "HEAD", "inputs/bids"], cwd=stats, capture_output=True, text=True,
+                            check=True).stdout.split()[2]
+    assert pinned == dev, "the derivative records the BIDS commit it was made from"
+    description = json.loads((stats / "dataset_description.json").read_text())
+    assert description["SourceDatasets"][0]["Version"] == dev
+    qc = tmp_path / "qc"
+    qc_url = session["bids_url"].removesuffix("/bids.git") + "/qc/qc-stats.git"
+    subprocess.run(["datalad", "clone", qc_url, str(qc)], env=env, check=True, capture_output=True)
+    assert (qc / "qc.tsv").read_text().startswith("path\t")
 
 
 def test_failing_validator_blocks_the_merge_and_a_planted_patient_name_fails_phi_check(

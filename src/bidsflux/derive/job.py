@@ -176,8 +176,8 @@ def _derivative_heads(url: str, label: str, local: bool, study: str | None) -> d
         if local:
             raise
         raise DeriveError(f"{label}: the project {url} cannot be read ({exc})", study=study,
-                          hint="create it on GitLab first (`bidsflux deploy init` makes the group's projects "
-                               "from the derivatives/qc templates) and give bids_bot Developer access") from exc
+                          hint="create the project on GitLab first, from the site's derivatives or qc project "
+                               "template, with bids_bot allowed to push to main") from exc
 
 
 def _make_datalad_dataset(ds: Path, label: str, study: str | None) -> None:

@@ -80,8 +80,8 @@ def default_bids_url(dataset: Path) -> str:
     else:
         parts = urllib.parse.urlsplit(git("remote", "get-url", "origin", cwd=dataset, error=ForgeError))
         # A runner's origin carries its job token as user info: never keep it.
-        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port
-                                                                               else "")))
+        netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     if not url.removesuffix(".git").endswith(suffix):
         raise ForgeError("the checkout is not a study superdataset (…/sourcedata/dicoms/study)",
                          hint="give --bids-url")
