@@ -244,7 +244,9 @@ class Service:
         template = route.get("group_template")
         result = index_batch(self.settings, study, batch.path,
                              group_template=template if isinstance(template, str) else None)
-        storage.plan(self.settings, result.dataset, study=study, tags=result.tags)
+        pattern = route.get("s3_url_pattern")
+        storage.plan(self.settings, result.dataset, study=study, tags=result.tags,
+                     pattern=pattern if isinstance(pattern, str) else None)
         for name, path in result.conflicts:
             self.spool.keep_conflict(study, name.rsplit(".", 1)[0], path.read_bytes())
         parked = park_batch(self.spool, batch, "indexed") if batch.path.parent.name == "complete" else batch.path

@@ -120,6 +120,37 @@ def test_push_verifies_and_a_researcher_clones_and_gets_from_s3(tmp_path: Path, 
         forge.stop()
 
 
+def test_a_routing_rules_s3_pattern_decides_where_the_worker_stores_a_study(tmp_path: Path,
+                                                                            seaweedfs: SeaweedFS) -> None:
+    import json
+
+    from bidsflux.embedded import Service
+
+    # runner=external: the worker stops at PUBLISHED, after storing and verifying.
+    settings = s3_settings(tmp_path, seaweedfs, forge_port=0, runner="external")
+    service = Service(settings)
+    service.forge_server.start()
+    routed, default = StudySpec(seed=44), StudySpec(seed=45)
+    try:
+        for spec, route in ((routed, {"rule": "memory-lab", "s3_url_pattern": "memory-lab/{StudyDescriptionPath[1]}"}),
+                            (default, {"rule": "default"})):
+            batch = make_batch(service.spool.root, spec, tmp_path / f"d{spec.seed}", only_series={1})
+            (batch / "route.json").write_text(json.dumps(route))
+        while service.step():
+            pass
+        for spec in (routed, default):
+            record = service.ledger.require(study_uid(spec))
+            assert record.state is State.PUBLISHED, (record.state, record.error)
+    finally:
+        service.forge_server.stop()
+        service.ledger.close()
+
+    uid = study_uid(routed)
+    assert objects(seaweedfs, "memory-lab", f"demo/{uid}/"), "the rule's bucket holds the routed study"
+    assert not objects(seaweedfs, "bidsflux-doe-jane", f"demo/{uid}/")
+    assert objects(seaweedfs, "bidsflux-doe-jane", f"demo/{study_uid(default)}/"), "the setting's pattern otherwise"
+
+
 def test_public_dataset_is_got_without_credentials(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
     settings = s3_settings(tmp_path, seaweedfs, s3_url_pattern="public-test/{StudyDescriptionPath[1]}",
                            s3_public_url=seaweedfs.endpoint)

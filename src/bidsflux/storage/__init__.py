@@ -47,13 +47,16 @@ def _store(settings: Settings, study: str | None) -> LocalStore | S3Store:
     return LocalStore(settings, study=study)
 
 
-def plan(settings: Settings, dataset: Path, *, study: str, tags: Mapping[str, Any]) -> None:
+def plan(settings: Settings, dataset: Path, *, study: str, tags: Mapping[str, Any],
+         pattern: str | None = None) -> None:
     """Decide where a session's content will go, while its tags are at hand (at indexing).
 
-    Offline and cheap; raises :class:`~bidsflux.errors.NamingError` when
-    ``S3_URL_PATTERN`` gives no valid bucket, which quarantines the study.
+    ``pattern`` is the study's routing rule's ``s3_url_pattern`` (None: the
+    ``S3_URL_PATTERN`` setting).  Offline and cheap; raises
+    :class:`~bidsflux.errors.NamingError` when the pattern gives no valid
+    bucket, which quarantines the study.
     """
-    _store(settings, study).plan(dataset, tags)
+    _store(settings, study).plan(dataset, tags, pattern)
 
 
 def ensure_remote(settings: Settings, dataset: Path, *, study: str | None,

@@ -32,7 +32,7 @@ class LocalStore:
     def url(self) -> str:
         return f"ria+file://{self.settings.store_dir}"
 
-    def plan(self, dataset: Path, tags: Mapping[str, Any]) -> None:
+    def plan(self, dataset: Path, tags: Mapping[str, Any], pattern: str | None = None) -> None:
         """Nothing to decide: every dataset goes to the one store."""
 
     def ensure(self, dataset: Path, *, tags: Mapping[str, Any] | None = None, like: Path | None = None) -> None:

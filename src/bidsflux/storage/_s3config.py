@@ -136,9 +136,10 @@ def s3_config(settings: Settings, *, study: str | None) -> S3Config:
     )
 
 
-def session_location(settings: Settings, tags: Mapping[str, Any], study: str) -> Location:
-    """``S3_URL_PATTERN`` over the tags, plus the StudyInstanceUID; NamingError when invalid."""
-    bucket, _, rest = expand(settings.s3_url_pattern, tags, "s3", study=study).partition("/")
+def session_location(settings: Settings, tags: Mapping[str, Any], study: str, *,
+                     pattern: str | None = None) -> Location:
+    """``pattern`` (default ``S3_URL_PATTERN``) over the tags, plus the StudyInstanceUID; NamingError when invalid."""
+    bucket, _, rest = expand(pattern or settings.s3_url_pattern, tags, "s3", study=study).partition("/")
     uid = study if is_uid(study) else sanitize(study, "s3")
     if not uid:
         raise StorageError(f"no usable StudyInstanceUID for the S3 prefix: {study!r}", study=study)

@@ -66,10 +66,14 @@ class S3Store:
         return proc
 
     # -- where
-    def plan(self, dataset: Path, tags: Mapping[str, Any]) -> None:
-        """Decide a session's location from its tags, unless the remote already fixed it."""
+    def plan(self, dataset: Path, tags: Mapping[str, Any], pattern: str | None = None) -> None:
+        """Decide a session's location from its tags, unless the remote already fixed it.
+
+        An amendment of a session whose remote exists keeps its location, even
+        if the routing rule's pattern changed since: its objects are there.
+        """
         if _annex.find_remote(dataset, self.name, study=self.study) is None:
-            write_plan(dataset, session_location(self.settings, tags, str(self.study)))
+            write_plan(dataset, session_location(self.settings, tags, str(self.study), pattern=pattern))
 
     def location(self, dataset: Path) -> Location | None:
         """Where ``dataset``'s objects are: its remote's record, else its plan."""
