@@ -1,6 +1,7 @@
 #!/bin/sh
-# Build one bids-flux image (a name from containers/images.txt) from the
-# repository's root, tag it for this project's registry and push it.
+# Build one bids-flux image (a name from containers/images.txt, which is a
+# target of containers/Dockerfile) from the repository's root, tag it for this
+# project's registry and push it.
 #
 #   sh containers/build.sh [--no-push] NAME
 #
@@ -26,13 +27,12 @@ name=$1
 root=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd)
 cd "$root"
 
-line=$(grep -v '^[[:space:]]*#' containers/images.txt | awk -v n="$name" '$1 == n { print $2, $3 }')
-if [ -z "$line" ]; then
+if ! grep -v '^[[:space:]]*#' containers/images.txt | grep -qx -- "$name"; then
     echo "build: unknown image '$name'" >&2
     usage
 fi
-dockerfile=${line% *}
-target=${line#* }
+# Every image is the target of its name in the one Dockerfile.
+dockerfile=containers/Dockerfile
 
 registry_image=${CI_REGISTRY_IMAGE:?set CI_REGISTRY_IMAGE (GitLab CI sets it)}
 if [ -n "${CI_COMMIT_TAG:-}" ]; then
@@ -42,16 +42,11 @@ else
 fi
 image="$registry_image/$name:$tag"
 
-set -- build --pull --file "$dockerfile" --tag "$image" \
+set -- build --pull --file "$dockerfile" --target "$name" --tag "$image" \
     --label "org.opencontainers.image.title=bids-flux $name" \
     --label "org.opencontainers.image.version=$tag" \
     --label "org.opencontainers.image.revision=${CI_COMMIT_SHA:-unknown}"
-stage=""
-if [ "$target" != "-" ]; then
-    set -- "$@" --target "$target"
-    stage=" (target $target)"
-fi
-echo "build: $image from $dockerfile$stage"
+echo "build: $image from $dockerfile (target $name)"
 docker "$@" .
 
 if [ "$push" = yes ]; then

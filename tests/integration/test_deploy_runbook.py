@@ -17,6 +17,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,7 +139,9 @@ def test_the_runbook_runs_as_written(gitlab_double: GitLabDouble, storescp: tupl
     # Step 9: the data node's runner configuration in place, private.
     config = srv / "gitlab-runner" / "config.toml"
     assert "[[runners]]" in config.read_text() and stat.S_IMODE(config.stat().st_mode) == 0o600
-    assert (home / "bidsflux-runners" / "processing" / "config.toml").is_file()
+    processing = tomllib.loads((home / "bidsflux-runners" / "processing" / "config.toml").read_text())
+    networks = {r["name"]: r["docker"].get("network_mode") for r in processing["runners"]}
+    assert networks == {"processing-bids": "bidsflux", "processing-gpu": "bidsflux"}, "jobs reach GitLab and S3"
     # Step 10: the image build, as CI runs it.
     builds = [call for call in docker.state()["calls"] if call[:1] == ["build"]]
     assert builds and "registry.example.org/bids-flux/bids-flux/indexer:0.1.0" in builds[0]

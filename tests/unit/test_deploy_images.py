@@ -1,4 +1,4 @@
-"""containers/: the images, their Dockerfiles (hadolint), the CI template that builds them, and the build script."""
+"""containers/: the images, their Dockerfile (hadolint), the CI template that builds them, and the build script."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS = ROOT / "containers"
-DOCKERFILES = sorted(CONTAINERS.glob("*/Dockerfile"))
+DOCKERFILE = CONTAINERS / "Dockerfile"
+DOCKERFILES = [DOCKERFILE]
 
 
 def tool(name: str) -> str:
@@ -23,14 +25,10 @@ def tool(name: str) -> str:
     return found
 
 
-def images() -> dict[str, tuple[Path, str]]:
-    """containers/images.txt: name -> (Dockerfile, target or "-")."""
-    found = {}
-    for line in (CONTAINERS / "images.txt").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, dockerfile, target = line.split()
-            found[name] = (ROOT / dockerfile, target)
-    return found
+def images() -> list[str]:
+    """containers/images.txt: the image names, each a target of containers/Dockerfile."""
+    return [line.strip() for line in (CONTAINERS / "images.txt").read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
 
 
 def built_images() -> set[str]:
@@ -51,8 +49,49 @@ def third_party_images() -> set[str]:
     return found
 
 
-def stages(dockerfile: Path) -> list[str]:
-    return re.findall(r"^FROM\s+\S+(?:\s+AS\s+(\S+))?", dockerfile.read_text(), flags=re.M | re.I)
+@dataclass
+class Stage:
+    name: str
+    parent: str  # a stage of the same file, or the base image
+    instructions: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments), in order
+
+
+def parse_stages(dockerfile: Path = DOCKERFILE) -> list[Stage]:
+    """The file's stages in order, continuation lines joined and comments left out."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    found: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        word, rest = word.upper(), " ".join(rest.split())
+        if word == "FROM":
+            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, flags=re.I)
+            assert match, line
+            found.append(Stage(match.group(2) or "", match.group(1)))
+        else:
+            assert found, f"{line}: before the first FROM"
+            found[-1].instructions.append((word, rest))
+    return found
+
+
+def stages(dockerfile: Path = DOCKERFILE) -> list[str]:
+    return [stage.name for stage in parse_stages(dockerfile)]
+
+
+def chain(target: str, dockerfile: Path = DOCKERFILE) -> list[Stage]:
+    """The stages a build of ``target`` goes through, the first FROM an image first."""
+    by_name = {stage.name: stage for stage in parse_stages(dockerfile) if stage.name}
+    found = [by_name[target]]
+    while found[0].parent in by_name:
+        found.insert(0, by_name[found[0].parent])
+    return found
+
+
+def effective(target: str, instruction: str) -> list[str]:
+    """Every ``instruction`` (RUN, USER, ...) a build of ``target`` runs, in order."""
+    return [args for stage in chain(target) for word, args in stage.instructions if word == instruction]
 
 
 def every_dockerfile() -> list[Path]:
@@ -75,41 +114,96 @@ def test_hadolint_does_fail_on_a_bad_dockerfile(tmp_path: Path) -> None:
     assert subprocess.run([tool("hadolint"), str(bad)], capture_output=True, timeout=120).returncode != 0
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
-def test_dockerfiles_pin_the_base_run_as_non_root_and_install_from_the_lock(dockerfile: Path) -> None:
-    text = dockerfile.read_text()
-    for base in re.findall(r"^FROM\s+(\S+)", text, flags=re.M):
-        if base in {s for s in stages(dockerfile) if s}:
-            continue
-        assert re.fullmatch(r"[a-z0-9./-]+:\d+\.\d+\.\d+[A-Za-z0-9.-]*", base), f"{base}: pin an exact version"
-        assert base in third_party_images_or_bases()
-    users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
-    assert users and users[-1].split(":")[0] not in {"0", "root"}, "the image must end as a non-root user"
-    assert "pip install --no-cache-dir -r /tmp/bidsflux/requirements.lock" in text
-    assert "pip install --no-cache-dir --no-deps /tmp/bidsflux" in text
+def test_one_dockerfile_builds_every_image() -> None:
+    # The shared install (packages, venv, lock, the package, the users) is written once, not per image.
+    assert sorted(p.relative_to(CONTAINERS) for p in CONTAINERS.rglob("Dockerfile*")) == [
+        Path("Dockerfile"), Path("Dockerfile.dockerignore")]
+    text = DOCKERFILE.read_text()
+    assert text.count("pip install --no-cache-dir -r /tmp/bidsflux/requirements.lock") == 1
+    assert text.count("pip install --no-cache-dir --no-deps /tmp/bidsflux") == 1
+    assert len(re.findall(r"^FROM\s+[a-z0-9./-]+:", text, flags=re.M)) == 1, "one external base image"
+    for name in images():
+        assert chain(name)[0].name == "base", f"{name} builds on the shared base stage"
+
+
+def test_the_base_is_pinned_and_everything_python_comes_from_the_lock() -> None:
+    base = parse_stages()[0]
+    assert re.fullmatch(r"[a-z0-9./-]+:\d+\.\d+\.\d+[A-Za-z0-9.-]*", base.parent), f"{base.parent}: pin a version"
+    assert base.parent in third_party_images()
+    runs = " ".join(args for word, args in base.instructions if word == "RUN")
+    assert "pip install --no-cache-dir -r /tmp/bidsflux/requirements.lock" in runs
+    assert runs.index("requirements.lock") < runs.index("pip install --no-cache-dir --no-deps /tmp/bidsflux")
+    text = DOCKERFILE.read_text()
     assert not re.search(r"--(extra-)?index-url|--find-links|https?://", text), "no registry addresses in images"
-    ignore = dockerfile.with_name("Dockerfile.dockerignore")
-    assert ignore.is_file(), "every Dockerfile keeps its build context small"
-    for source in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)\s+\S+$", text, flags=re.M):
-        for item in source.split():
-            assert f"!{item.rstrip('/')}" in ignore.read_text().replace("/\n", "\n"), f"{item} is ignored"
-            assert (ROOT / item).exists(), item
+    every_run = "\n".join(args for stage in parse_stages() for word, args in stage.instructions if word == "RUN")
+    installs = [i.strip() for i in re.findall(r"pip install ([^&;\n]*)", every_run)]
+    assert installs == ["--no-cache-dir -r /tmp/bidsflux/requirements.lock", "--no-cache-dir --no-deps /tmp/bidsflux"], \
+        "no Python package from outside the lock"
 
 
-def third_party_images_or_bases() -> set[str]:
-    return third_party_images()
+@pytest.mark.parametrize("name", images())
+def test_each_image_ends_as_the_non_root_user_with_its_home(name: str) -> None:
+    users = effective(name, "USER")
+    assert users and users[-1] == "10001:10001", "the image must end as the non-root user bidsflux"
+    useradd = " ".join(args for args in effective(name, "RUN") if "useradd" in args)
+    assert useradd.count("useradd") == 1 and "--uid 10001" in useradd and "--gid 10001" in useradd
+    home = "/var/lib/bidsflux" if name in {"indexer", "mercure-module"} else "/home/bidsflux"
+    assert f"--home-dir {home}" in useradd
+    assert effective(name, "WORKDIR")[-1] == home
+    assert f"HOME={home}" in " ".join(effective(name, "ENV"))
 
 
-def test_images_txt_names_the_dockerfiles_and_targets_that_exist() -> None:
-    listed = images()
-    assert set(listed) == {"indexer", "mercure-module", "convert", "datalad-runner", "derivative-gpu-example"}
-    for name, (dockerfile, target) in listed.items():
-        assert dockerfile.is_file(), name
-        assert target == "-" or target in stages(dockerfile), (name, target)
-    assert {d for d, _ in listed.values()} == set(DOCKERFILES), "every Dockerfile is built"
-    indexer = (CONTAINERS / "indexer" / "Dockerfile").read_text()
-    assert stages(CONTAINERS / "indexer" / "Dockerfile")[-1] == "indexer", "plain `docker build` gives the indexer"
-    assert 'CMD ["bidsflux", "serve"]' in indexer and 'CMD ["bidsflux", "mercure-module"]' in indexer
+def test_each_image_keeps_its_own_extras_and_command() -> None:
+    def runs(name: str) -> str:
+        return " ".join(effective(name, "RUN"))
+
+    def envs(name: str) -> str:
+        return " ".join(effective(name, "ENV"))
+
+    commands = {name: json.loads(effective(name, "CMD")[-1]) for name in images()}
+    assert commands == {"indexer": ["bidsflux", "serve"], "mercure-module": ["bidsflux", "mercure-module"],
+                        "convert": ["bidsflux", "ci", "convert", "--help"], "datalad-runner": ["datalad", "--version"],
+                        "derivative-gpu-example": ["bidsflux-derive-example", "--help"]}
+    for name in ("indexer", "mercure-module"):
+        assert "dcmtk" in runs(name) and "tini" in runs(name) and "TCP_NODELAY=1" in envs(name)
+        assert effective(name, "ENTRYPOINT") == ['["/usr/bin/tini", "--"]']
+        assert any(c.endswith("containers/indexer/healthcheck.py /usr/local/bin/bidsflux-healthcheck")
+                   for c in effective(name, "COPY"))
+    assert effective("indexer", "EXPOSE") == ["11112 2762 9108"]
+    for name in ("convert", "datalad-runner", "derivative-gpu-example"):
+        # GitLab's runner starts its own shell: no entrypoint, and none of the service's packages.
+        assert not effective(name, "ENTRYPOINT") and "dcmtk" not in runs(name) and "TCP_NODELAY" not in envs(name)
+    assert "pigz" in runs("convert") and "pigz" not in runs("datalad-runner") + runs("indexer")
+    assert "heudiconv --version" in runs("convert") and "bids-validator-deno --version" in runs("convert")
+    assert "NVIDIA_VISIBLE_DEVICES=all" in envs("derivative-gpu-example")
+    assert not any("NVIDIA" in envs(name) for name in images() if name != "derivative-gpu-example")
+    assert any(c.endswith("containers/derivative-gpu-example/derive.py /usr/local/bin/bidsflux-derive-example")
+               for c in effective("derivative-gpu-example", "COPY"))
+
+
+def test_the_build_context_is_what_the_dockerfile_copies() -> None:
+    # BuildKit reads <Dockerfile>.dockerignore beside the Dockerfile.
+    ignore = DOCKERFILE.with_name(DOCKERFILE.name + ".dockerignore").read_text()
+    allowed = {line[1:].rstrip("/") for line in ignore.splitlines() if line.startswith("!")}
+    assert "*" in ignore.splitlines(), "everything else stays out of the context"
+    copied = set()
+    for stage in parse_stages():
+        for word, args in stage.instructions:
+            if word == "COPY":
+                sources = [a for a in args.split() if not a.startswith("--")][:-1]
+                assert not any(a.startswith("--from") for a in args.split()), "no copies from other images"
+                copied |= {s.rstrip("/") for s in sources}
+    assert copied == allowed, "the .dockerignore lets in exactly what the Dockerfile copies"
+    for item in copied:
+        assert (ROOT / item).exists(), item
+
+
+def test_images_txt_names_the_targets_that_exist() -> None:
+    assert images() and len(images()) == len(set(images()))
+    assert set(images()) == {"indexer", "mercure-module", "convert", "datalad-runner", "derivative-gpu-example"}
+    assert set(images()) <= set(stages()), "every image is a target of containers/Dockerfile"
+    assert all(stages()), "every stage has a name"
+    assert stages()[-1] == "indexer", "plain `docker build` gives the indexer"
 
 
 def test_the_commands_the_images_run_exist() -> None:
@@ -147,13 +241,12 @@ def test_build_sh_builds_and_pushes_each_image_under_the_project_registry(tmp_pa
                         CI_COMMIT_TAG="v0.1.0", CI_COMMIT_SHA="abc123")
     assert done.returncode == 0, done.stderr
     image = f"registry.example.org/bids-flux/bids-flux/{name}:0.1.0"
-    dockerfile, target = images()[name]
     assert calls[-1] == ["push", image]
     command = calls[-2]
     assert command[:2] == ["build", "--pull"] and command[-1] == "."
-    assert command[command.index("--file") + 1] == str(dockerfile.relative_to(ROOT))
+    assert command[command.index("--file") + 1] == "containers/Dockerfile"
+    assert command[command.index("--target") + 1] == name
     assert command[command.index("--tag") + 1] == image
-    assert (command[command.index("--target") + 1] if "--target" in command else "-") == target
     assert "org.opencontainers.image.revision=abc123" in command
 
 
@@ -166,8 +259,10 @@ def test_build_sh_tags_branch_builds_by_commit_and_can_skip_the_push(tmp_path: P
 
 
 def test_build_sh_refuses_unknown_images_and_missing_ci_variables(tmp_path: Path) -> None:
-    done, calls = build(tmp_path, "nonsense", CI_REGISTRY_IMAGE="r/g/p", CI_COMMIT_SHORT_SHA="1")
-    assert done.returncode == 2 and "unknown image" in done.stderr and calls == []
+    for unknown in ("nonsense", "base", "job", "convert datalad-runner", "con"):
+        done, calls = build(tmp_path / unknown.replace(" ", "_"), unknown, CI_REGISTRY_IMAGE="r/g/p",
+                            CI_COMMIT_SHORT_SHA="1")
+        assert done.returncode == 2 and "unknown image" in done.stderr and calls == [], unknown
     done, calls = build(tmp_path / "again", "convert")
     assert done.returncode != 0 and "CI_REGISTRY_IMAGE" in done.stderr and calls == []
 

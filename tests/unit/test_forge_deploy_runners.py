@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bidsflux.deploy import load_runners
 from bidsflux.deploy._toml import render_config
@@ -59,3 +60,21 @@ def test_a_report_goes_on_after_a_failed_item() -> None:
     assert report.failed and not report.changed
     assert lines == ["    error  first: boom", "unchanged  second"]
     assert "1 item(s) failed" in report.summary()
+
+
+def test_processing_jobs_join_the_stack_s_attachable_network_in_config_toml() -> None:
+    # What `bidsflux deploy runners` writes for the processing node, from the shipped file.
+    concurrent, specs = load_runners(ROOT / "deploy" / "runners.yml")
+    processing = [s for s in specs if s.node == "processing"]
+    made = [(spec, {"id": number, "token": f"glrt-{number}"}) for number, spec in enumerate(processing, start=1)]
+    config = tomllib.loads(render_config(concurrent, "https://gitlab.example.org", made))
+    docker = {runner["name"]: runner["docker"] for runner in config["runners"]}
+    networks = yaml.safe_load((ROOT / "BIDSflux_stack.yml").read_text())["networks"]
+    stack_network = networks["bidsflux"]
+    assert stack_network["driver"] == "overlay" and stack_network["attachable"] is True
+    for name in ("processing-bids", "processing-gpu"):
+        assert docker[name]["network_mode"] == stack_network["name"] == "bidsflux", name
+        # A runner's docker section replaces the defaults': the rest must still be there.
+        assert docker[name]["image"] == "docker:27" and docker[name]["volumes"] == ["/cache"], name
+        assert docker[name]["privileged"] is False, name
+    assert docker["processing-gpu"]["gpus"] == "all" and "gpus" not in docker["processing-bids"]
