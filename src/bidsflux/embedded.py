@@ -30,6 +30,7 @@ from . import faults, storage
 from ._datalad import head as dataset_head
 from ._fs import remove_tree
 from .assemble import AssembleOptions, Assembler
+from .derive import routed
 from .errors import BidsfluxError, NamingError
 from .forge import ForgeServer, forge_token, make_forge
 from .forge.publish import Published, publish_session
@@ -164,6 +165,10 @@ class Service:
             action = getattr(self, f"_{RESUME[record.state]}")
             self._attempt(study, partial(action, study))
             return True
+        for record in self.ledger.studies([State.MERGED]):
+            if _pending_derivatives(record) and record.study_uid not in pending and self._due(record.study_uid, now):
+                self._attempt(record.study_uid, partial(self._derive, record.study_uid))
+                return True
         return False
 
     def _parked_unrecorded(self) -> list[Batch]:
@@ -258,7 +263,8 @@ class Service:
                     "tags_defaulted": result.defaulted},
             details={"dataset": str(result.dataset), "session_path": result.names.session_path,
                      "changed": result.changed or _previous_unmerged(self.ledger, study),
-                     "route": route.get("rule"), "indexed_batch": str(parked)},
+                     "route": route.get("rule"), "pipelines": _names(route.get("pipelines")),
+                     "indexed_batch": str(parked)},
         )
         self.progress(study, f"indexed: {len(result.manifest.series)} series, {result.manifest.instances} "
                              f"instances" + ("" if result.changed else " (resend, nothing changed)"))
@@ -283,11 +289,14 @@ class Service:
             study, SessionNames(record.group_path or "", record.details["session_path"]), dataset,
             Manifest.load(dataset, study), [], dataset_head(dataset, study=study),
         )
-        published = publish_session(self.settings, self.forge, result)
-        self.ledger.transition(study, State.PUBLISHED, details={
-            "session_url": published.session_url, "study_url": published.study_url,
-            "bids_url": published.bids_url, "session_commit": published.session_commit,
-            "study_commit": published.study_commit})
+        pipelines = _names(record.details.get("pipelines"))
+        published = publish_session(self.settings, self.forge, result, derivatives=pipelines)
+        details: dict[str, Any] = {"session_url": published.session_url, "study_url": published.study_url,
+                   "bids_url": published.bids_url, "session_commit": published.session_commit,
+                   "study_commit": published.study_commit}
+        if pipelines and self.settings.forge_type == "gitlab":
+            details["derivatives"] = routed.initial(pipelines, local=False)
+        self.ledger.transition(study, State.PUBLISHED, details=details)
         self.progress(study, f"published: {published.session_url}")
 
     @property
@@ -331,8 +340,10 @@ class Service:
             elif job == "merge" and outcome["status"] == "success":
                 merged = outcome.get("details", {})
                 if isinstance(merged, dict) and merged.get("merged"):
+                    pipelines = _names(record.details.get("pipelines"))
+                    after = {"derivatives": routed.initial(pipelines, local=True)} if pipelines else {}
                     self.ledger.transition(study, State.MERGED, counts={"merge_commit": merged["merge_commit"]},
-                                           details={"merge_commit": merged["merge_commit"]})
+                                           details={"merge_commit": merged["merge_commit"], **after})
                     self.progress(study, f"merged convert/{record.details['session_path']} into dev")
 
         run = run_pipeline(self.settings, self.forge.token, "bids", variables, study=study,
@@ -340,6 +351,51 @@ class Service:
         if not run.jobs:
             raise BidsfluxError("the bids pipeline planned no job for this session", study=study)
         require_success(run, study=study)
+
+    def _derive(self, study: str) -> None:
+        """Run the study's routed built-in derivatives after a merge (the local runner's derivatives pipeline)."""
+        record = self.ledger.require(study)
+        recorded: dict[str, dict[str, Any]] = dict(record.details.get("derivatives") or {})
+        entries = [name for name, entry in recorded.items() if entry.get("status") == routed.PENDING]
+        path = routed.pipeline_file(self.settings, study, entries)
+        self.progress(study, f"derivatives: {', '.join(entries)} on the local runner ({path.name})")
+        variables = {"BIDSFLUX_PIPELINE": "derivatives", "BIDSFLUX_STUDY_UID": study,
+                     "BIDSFLUX_SESSION": record.details["session_path"],
+                     "BIDSFLUX_BIDS_URL": record.details["bids_url"]}
+
+        def job_done(job: str, outcome: dict[str, Any]) -> None:
+            name = routed.entry_of_job(job, entries)
+            if name is None:
+                return
+            done: dict[str, Any] = {"status": outcome["status"]}
+            done.update({k: outcome[k] for k in ("url", "commit", "changed") if k in outcome})
+            recorded[name] = done
+            self.ledger.merge_details(study, {"derivatives": recorded})
+            self.progress(study, f"derivative {name}: {outcome['status']}"
+                                 + (f" at {str(outcome.get('commit'))[:12]}" if outcome.get("commit") else ""))
+
+        try:
+            run = run_pipeline(self.settings, self.forge.token, "derivatives", variables, study=study, path=path,
+                               on_line=lambda line: self.progress(study, "  " + line), on_job=job_done)
+        except BidsfluxError as exc:
+            if exc.transient:
+                raise
+            # The conversion stands (the study stays MERGED); the derivatives say why they did not run.
+            for entry in entries:
+                if recorded[entry].get("status") == routed.PENDING:
+                    recorded[entry] = {"status": routed.FAILED, "error": str(exc)[:500]}
+            self.ledger.merge_details(study, {"derivatives": recorded})
+            return
+        for job in run.jobs:
+            found = routed.entry_of_job(job, entries)
+            if found is not None and recorded[found].get("status") == routed.PENDING:
+                recorded[found] = {"status": run.status.get(job, "skipped")}  # after a failed job, as on GitLab
+        for job in run.failed():
+            found = routed.entry_of_job(job, entries)
+            if found is not None:
+                tail = " | ".join(run.logs[job].read_text().splitlines()[-3:])
+                recorded[found]["error"] = f"log in {run.logs[job]}: {tail[-400:]}"
+        self.ledger.merge_details(study, {"derivatives": recorded})
 
     def _follow_pipeline(self, study: str, record: StudyRecord) -> None:
         """On GitLab the conversion is a CI pipeline: start or find it, follow it into the ledger."""
@@ -366,10 +422,20 @@ class Service:
             final.add(State.PUBLISHED)
         while time.monotonic() < deadline:
             record = self.ledger.get(study)
-            if record is not None and record.state in final:
+            if record is not None and record.state in final and not _pending_derivatives(record):
                 return
             time.sleep(0.2)
         raise BidsfluxError(f"not finished after {timeout:.0f}s", study=study)
+
+
+def _names(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _pending_derivatives(record: StudyRecord) -> bool:
+    derivatives = record.details.get("derivatives")
+    return isinstance(derivatives, dict) and any(
+        isinstance(entry, dict) and entry.get("status") == routed.PENDING for entry in derivatives.values())
 
 
 def _read_route(batch_dir: Path) -> dict[str, object]:

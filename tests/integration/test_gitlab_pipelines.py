@@ -106,6 +106,31 @@ def test_pipeline_run_records_the_final_status(published: tuple[Site, Ledger, Pu
     assert record.details["pipeline:convert"]["status"] == "failed"
 
 
+def test_pipeline_run_derivatives_starts_the_bids_projects_derivative_jobs_on_dev(
+        published: tuple[Site, Ledger, Published, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    site, ledger, pub, uid = published
+    double = site.double
+    convert_job(site, pub, tmp_path, merge=True)
+    for name, value in (("BIDSFLUX_FORGE_TYPE", "gitlab"), ("CI_SERVER_URL", double.url),
+                        ("GITLAB_DICOM_BOT_TOKEN", str(site.settings.gitlab_dicom_bot_token)),
+                        ("BIDSFLUX_PIPELINE_POLL", "0.01"), ("BIDSFLUX_GITLAB_RETRIES", "1")):
+        monkeypatch.setenv(name, value)
+    double.script_pipelines(["running", "success"])
+    before = ledger.require(uid).state
+
+    code = main(["pipeline", "run", uid, "--pipeline", "derivatives", "--workdir", str(site.settings.workdir)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    pipeline = [p for p in double.pipelines(f"{pub.group_path}/bids") if p.source == "api"][-1]
+    variables = {v["key"]: v["value"] for v in pipeline.variables}
+    assert pipeline.ref == "dev" and variables["BIDSFLUX_PIPELINE"] == "derivatives"
+    assert variables["BIDSFLUX_BIDS_URL"] == pub.bids_url
+    record = ledger.require(uid)
+    assert record.details["pipeline:derivatives"]["status"] == "success"
+    assert record.state is before  # derivatives do not move the conversion's state
+
+
 def test_follow_conversion_resumes_the_same_pipeline(published: tuple[Site, Ledger, Published, str],
                                                      tmp_path: Path) -> None:
     site, ledger, pub, uid = published

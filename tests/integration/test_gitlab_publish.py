@@ -186,3 +186,34 @@ def test_protected_branches_hold_against_other_pushers(gitlab_site: Site, tmp_pa
     assert push(bids_bot, "HEAD:refs/heads/dev").returncode == 0
     forced = push(bids_bot, "+HEAD~1:refs/heads/dev")
     assert forced.returncode != 0 and "force push" in forced.stderr
+
+
+def test_the_routes_derivative_projects_are_made_where_bids_bot_can_push(gitlab_site: Site, tmp_path: Path) -> None:
+    double, settings = gitlab_site.double, gitlab_site.settings
+    result = indexed(settings, tmp_path, StudySpec(seed=53))
+    published = publish_session(settings, make_forge(settings), result, derivatives=["mriqc", "qc/mriqc", "mriqc"])
+    group = published.group_path
+    made = {p for p in double.projects() if p.startswith(f"{group}/") and "/sourcedata/" not in p}
+    assert made == {f"{group}/bids", f"{group}/derivatives/mriqc", f"{group}/qc/mriqc"}
+    for path in (f"{group}/derivatives/mriqc", f"{group}/qc/mriqc"):
+        project = double.project(path)
+        assert project is not None and project.visibility == "private"
+        # Made from the site's template for its kind, like every project of the layout.
+        assert "README.md" in git_out("ls-tree", "--name-only", "HEAD", cwd=double.repo_dir(project))
+
+    # The CI job that fills a derivative pushes as bids_bot, which could not have created the project.
+    bids_bot = gitlab_site.token("gitlab_bids_bot_token")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_TERMINAL_PROMPT": "0",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x",
+           **credential_env(bids_bot, "bids_bot")}
+    url = published.bids_url.removesuffix("bids.git") + "derivatives/mriqc.git"
+    clone = tmp_path / "mriqc"
+    subprocess.run(["git", "clone", "-q", url, str(clone)], check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "[bids-flux] derivatives mriqc"], cwd=clone,
+                   check=True, env=env)
+    pushed = subprocess.run(["git", "push", "origin", "HEAD"], cwd=clone, capture_output=True, text=True, env=env)
+    assert pushed.returncode == 0, pushed.stderr
+
+    # Publishing again makes nothing new.
+    publish_session(settings, make_forge(settings), result, derivatives=["mriqc", "qc/mriqc"])
+    assert {p for p in double.projects() if p.startswith(f"{group}/") and "/sourcedata/" not in p} == made

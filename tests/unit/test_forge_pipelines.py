@@ -118,5 +118,6 @@ def test_order_arguments() -> None:
         with pytest.raises(UsageError):
             parse_variables([bad])
     assert pipeline_project("g/p", "convert") == "g/p/bids"
+    assert pipeline_project("g/p", "derivatives") == "g/p/bids"
     assert pipeline_project("g/p", "mriqc") == "g/p/derivatives/mriqc"
     assert pipeline_project("g/p", "qc/mriqc") == "g/p/qc/mriqc"

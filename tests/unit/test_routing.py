@@ -21,7 +21,7 @@ rules:
       InstitutionName: "~(?i)external"
     group_template: "smith/{StudyDescriptionPath[1]}"
     s3_url_pattern: "bidsflux-smith/memory"
-    pipelines: [mriqc, fmriprep]
+    pipelines: [mriqc, fmriprep, qc/mriqc]
     priority: 10
     expected_series: ["anat-T1w", "func-bold"]
 default:
@@ -34,7 +34,7 @@ def test_first_matching_rule_wins_and_tilde_excludes() -> None:
     rules = parse_rules(RULES, "rules.yml", BASE)
     memory = rules.route({"StudyDescription": "Smith^Memory", "InstitutionName": "Main Hospital"})
     assert memory.as_json() == {"rule": "memory", "group_template": "smith/{StudyDescriptionPath[1]}",
-                                "s3_url_pattern": "bidsflux-smith/memory", "pipelines": ["mriqc", "fmriprep"],
+                                "s3_url_pattern": "bidsflux-smith/memory", "pipelines": ["mriqc", "fmriprep", "qc/mriqc"],
                                 "priority": 10, "ignore": False, "expected_series": ["anat-T1w", "func-bold"]}
     external = rules.route({"StudyDescription": "Smith^Memory", "InstitutionName": "External Clinic"})
     assert external.rule == "default" and external.pipelines == ("mriqc",)
@@ -79,7 +79,7 @@ default:
     text = "\n".join(problems)
     for line, reason in [(3, "'PatientNam' is not a DICOM keyword"), (3, "not a valid regular expression"),
                          (4, "priority must be a whole number"), (5, "'first' is used twice"),
-                         (7, "{Nope} is not a DICOM keyword"), (8, "'Not Ok' is not a valid name"),
+                         (7, "{Nope} is not a DICOM keyword"), (8, "'Not Ok' is not NAME or qc/NAME"),
                          (9, "unknown key 'colour'"), (10, "has no name"), (12, "unknown key 'name'")]:
         assert any(p.startswith(f"{path}:{line}: ") and reason in p for p in problems), (line, reason, text)
     assert caught.value.exit_code == 2

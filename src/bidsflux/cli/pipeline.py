@@ -17,7 +17,8 @@ def register(sub: Any) -> None:
     run = actions.add_parser("run", help="start a pipeline for a session and follow it to the end")
     run.add_argument("session", metavar="SESSION", help="the study's StudyInstanceUID or its session path")
     run.add_argument("--pipeline", default="convert", metavar="NAME",
-                     help="convert (BIDS conversion, the default), a derivative NAME, or qc/NAME")
+                     help="convert (BIDS conversion, the default), derivatives (the study's derivative "
+                          "jobs on dev), or the NAME or qc/NAME of a derivative project with its own pipeline")
     run.add_argument("--var", action="append", default=[], metavar="K=V",
                      help="an extra CI/CD variable for the pipeline (repeatable)")
     run.add_argument("--workdir", type=Path, help="work folder holding the ledger (BIDSFLUX_WORKDIR)")

@@ -3,9 +3,12 @@
 The session is found in the ledger (by StudyInstanceUID or session path); its
 published URLs and group come from there.  ``convert`` runs the BIDS
 project's conversion pipeline and records the outcome as the worker would
-(CONVERTING -> ... -> MERGED or FAILED); any other name runs the pipeline of
+(CONVERTING -> ... -> MERGED or FAILED); ``derivatives`` runs the BIDS
+project's pipeline on ``dev`` with ``BIDSFLUX_PIPELINE=derivatives``, which
+runs the derivative jobs the study's ``.gitlab-ci.yml`` defines
+(ci-pipelines/derivatives.yml); any other name runs the pipeline of
 ``<group>/derivatives/<name>`` (or ``<group>/qc/<name>`` for ``qc/<name>``) on
-its default branch.  Either way the final status is kept in the study's
+its default branch, for a derivative project with a pipeline of its own.  Either way the final status is kept in the study's
 ledger details under ``pipeline:<name>``.
 """
 
@@ -56,8 +59,11 @@ def published_from(record: StudyRecord) -> Published:
                      study_commit=str(details.get("study_commit", "")))
 
 
+DERIVATIVES = "derivatives"
+
+
 def pipeline_project(group: str, name: str) -> str:
-    if name == CONVERT:
+    if name in (CONVERT, DERIVATIVES):
         return f"{group}/bids"
     return f"{group}/{name}" if name.startswith(("qc/", "derivatives/")) else f"{group}/derivatives/{name}"
 
@@ -77,8 +83,9 @@ def run_on_demand(settings: Settings, forge: GitLabForge, ledger: Ledger, record
         if info is None or not info.get("default_branch"):
             raise ForgeError(f"there is no pipeline {name} for this study: {project} is missing or empty",
                              study=study)
-        started = trigger(forge, project, str(info["default_branch"]),
-                          {**session_variables(study, published, name), **variables}, study=study)
+        ref = "dev" if name == DERIVATIVES else str(info["default_branch"])
+        started = trigger(forge, project, ref, {**session_variables(study, published, name), **variables},
+                          study=study)
         result = follow(settings, forge, project, started, study=study, progress=progress)
     ledger.merge_details(study, {f"pipeline:{name}": {"id": result.id, "status": result.status,
                                                       "url": result.web_url, "project": project,

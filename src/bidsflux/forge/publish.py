@@ -14,6 +14,7 @@ is always the commit that was pushed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +62,15 @@ def register_subdataset(superds: Path, path: str, url: str, ds_id: str, commit: 
     return _register(superds, path, url, ds_id, commit, message, study=study, error=ForgeError)
 
 
-def publish_session(settings: Settings, forge: Forge, result: IndexResult) -> Published:
+def publish_session(settings: Settings, forge: Forge, result: IndexResult, *,
+                    derivatives: Sequence[str] = ()) -> Published:
     """Push the session, register it in the study superdataset, seed the BIDS dataset.
+
+    ``derivatives`` (the routing rule's ``pipelines``) are the derivative and
+    QC datasets the study gets: on GitLab their projects are made here, by
+    the indexer's bot, because the CI jobs that fill them (``bids_bot``) may
+    push but not create projects.  The local forge makes a project at its
+    first push, so a derivative that never succeeds leaves no empty one.
 
     Idempotent: a second call after a crash (or an identical resend) pushes
     nothing new and makes no commit.  Failures to reach the forge are raised
@@ -90,6 +98,11 @@ def publish_session(settings: Settings, forge: Forge, result: IndexResult) -> Pu
     bids_project = ensure_bids_dataset(settings, forge, group, study_project.url,
                                        dataset_id(super_path, study=study), super_commit, study=study,
                                        like=result.dataset)
+    if forge.kind == "gitlab":
+        from ..derive.routed import project_paths
+
+        for path in project_paths(group, derivatives):
+            forge.ensure_project(path, study=study)
     return Published(session.url, study_project.url, bids_project, result.names.session_path,
                      group_path=group, session_commit=session_commit, study_commit=super_commit)
 

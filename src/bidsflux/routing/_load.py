@@ -22,7 +22,7 @@ _RULE_KEYS = {"name", "match", "group_template", "s3_url_pattern", "pipelines", 
               "expected_series"}
 _DEFAULT_KEYS = _RULE_KEYS - {"name", "match"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_PIPELINE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_PIPELINE = re.compile(r"^(?:(?:derivatives|qc)/)?[a-z0-9][a-z0-9_.-]{0,63}$")  # NAME, derivatives/NAME, qc/NAME
 _DERIVED = {"StudyDescriptionPath"}
 
 
@@ -101,7 +101,8 @@ class _Checker:
         for item in node.value:
             value = self.scalar(item, what, "str")
             if value is not None and not pattern.match(value):
-                self.problem(item, f"{what}: {value!r} is not a valid name (lower-case letters, digits, _ . -)")
+                self.problem(item, f"{what}: {value!r} is not NAME or qc/NAME (NAME: lower-case letters, "
+                                   "digits, _ . -)")
             elif value is not None:
                 found.append(value)
         return tuple(found)
