@@ -155,24 +155,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
                    + ("" if outcome.changed else " (unchanged)"))
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from ..convert.job import run_validate_job
+def _check(args: argparse.Namespace, job: str, what: str) -> int:
+    """A check of the converted commit (validate, phi-check): its report, and the exit code that gates merge."""
+    from ..convert.job import run_phi_job, run_validate_job
 
+    run = run_validate_job if job == "validate" else run_phi_job
     settings = _prepared(args, "bids-url", "session", "study", "commit")
-    outcome = run_validate_job(settings, bids_url=args.bids_url, session=args.session, study_uid=args.study,
-                               commit=args.commit, job_dir=args.job_dir, out_dir=Path.cwd(),
-                               merge_request=args.merge_request or None)
-    return _finish(args, "validate", outcome, outcome.passed, f"BIDS validator: {outcome.summary}")
+    outcome = run(settings, bids_url=args.bids_url, session=args.session, study_uid=args.study, commit=args.commit,
+                  job_dir=args.job_dir, out_dir=Path.cwd(), merge_request=args.merge_request or None)
+    return _finish(args, job, outcome, outcome.passed, f"{what}: {outcome.summary}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    return _check(args, "validate", "BIDS validator")
 
 
 def cmd_phi(args: argparse.Namespace) -> int:
-    from ..convert.job import run_phi_job
-
-    settings = _prepared(args, "bids-url", "session", "study", "commit")
-    outcome = run_phi_job(settings, bids_url=args.bids_url, session=args.session, study_uid=args.study,
-                          commit=args.commit, job_dir=args.job_dir, out_dir=Path.cwd(),
-                          merge_request=args.merge_request or None)
-    return _finish(args, "phi-check", outcome, outcome.passed, f"PHI check: {outcome.summary}")
+    return _check(args, "phi-check", "PHI check")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
