@@ -1,7 +1,10 @@
 """The double as a whole: state, bare repositories, pipelines, and the handles tests use.
 
 Repositories are real bare git repositories (``<root>/repos/<project id>.git``)
-served by ``git http-backend``; a pre-receive hook enforces protected branches.
+served by ``git http-backend``; a pre-receive hook enforces protected branches,
+and a post-receive hook hands the updated refs and the push options back to the
+double (:meth:`GitLabDouble.post_receive`), which opens, updates and closes
+merge requests as GitLab does (:mod:`.merge_requests`).
 A push or an API call creates a pipeline when the pushed commit holds a
 ``.gitlab-ci.yml``; nothing runs its jobs: tests drive a pipeline's status
 (:meth:`GitLabDouble.set_pipeline_status`, :meth:`GitLabDouble.script_pipelines`).
@@ -10,6 +13,7 @@ A push or an API call creates a pipeline when the pushed commit holds a
 from __future__ import annotations
 
 import fnmatch
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +21,13 @@ from typing import Any
 
 import yaml
 
-from . import routes_groups, routes_projects, routes_runners, routes_users  # noqa: F401 - they register routes
-from .model import TERMINAL, Group, Job, Pipeline, Project, Protection, State, Token, User, Variable
+from . import merge_requests
+from . import routes_groups, routes_merge_requests, routes_projects, routes_runners, routes_users  # noqa: F401
+from .model import TERMINAL, Group, Job, MergeRequest, Pipeline, Project, Protection, State, Token, User, Variable
 from .server import DoubleServer
 
-_HOOK = Path(__file__).with_name("hook.py")
+_HOOKS = {"pre-receive": Path(__file__).with_name("hook.py"),
+          "post-receive": Path(__file__).with_name("post_receive.py")}
 _NOT_JOBS = {"default", "include", "stages", "variables", "workflow", "image", "services", "cache", "before_script",
              "after_script", "spec"}
 
@@ -42,6 +48,8 @@ class GitLabDouble:
         self.repos.mkdir(parents=True, exist_ok=True)
         self.state = State()
         self.instance_variables: dict[str, Variable] = {}
+        # What the repositories' hooks show the internal API (GitLab's shared secret).
+        self.internal_secret = secrets.token_hex(16)
         admin = self.add_user("root", admin=True)
         self.admin = admin
         self.admin_token = self.token_for("root", ["api", "admin_mode"], name="bootstrap").token
@@ -77,8 +85,6 @@ class GitLabDouble:
 
     def token_for(self, username: str, scopes: list[str], *, name: str = "test",
                   expires_at: str | None = None) -> Token:
-        import secrets
-
         with self.state.lock:
             user = self.state.user_by_name(username)
             assert user is not None, username
@@ -104,6 +110,12 @@ class GitLabDouble:
         assert project is not None, path
         with self.state.lock:
             return list(project.pipelines)
+
+    def merge_requests(self, path: str) -> list[MergeRequest]:
+        project = self.project(path)
+        assert project is not None, path
+        with self.state.lock:
+            return list(project.merge_requests)
 
     def set_pipeline_status(self, pipeline_id: int, status: str) -> None:
         with self.state.lock:
@@ -144,10 +156,12 @@ class GitLabDouble:
             target.mkdir(parents=True)
             _git("init", "--quiet", "--bare", "--initial-branch=main", ".", cwd=target)
         _git("config", "http.receivepack", "true", cwd=target)
-        hook = target / "hooks" / "pre-receive"
-        hook.parent.mkdir(exist_ok=True)
-        hook.write_text(f"#!{sys.executable}\n" + _HOOK.read_text())
-        hook.chmod(0o755)
+        _git("config", "receive.advertisePushOptions", "true", cwd=target)
+        (target / "hooks").mkdir(exist_ok=True)
+        for name, source in _HOOKS.items():
+            hook = target / "hooks" / name
+            hook.write_text(f"#!{sys.executable}\n" + source.read_text())
+            hook.chmod(0o755)
 
     def branches(self, project: Project) -> dict[str, str]:
         out = _git("for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads",
@@ -156,6 +170,37 @@ class GitLabDouble:
 
     def merge_base(self, project: Project, refs: list[str]) -> str | None:
         return _git("merge-base", *[f"refs/heads/{r}" for r in refs], cwd=self.repo_dir(project), check=False) or None
+
+    def new_commits(self, project: Project, old: str, new: str, branch: str) -> set[str]:
+        """The commits a push of ``branch`` from ``old`` to ``new`` brought (for a new branch: none elsewhere)."""
+        if old != merge_requests.ZERO:
+            exclude = [f"^{old}"]
+        else:
+            exclude = [f"^{sha}" for name, sha in self.branches(project).items() if name != branch]
+        return set(_git("rev-list", new, *exclude, cwd=self.repo_dir(project), check=False).split())
+
+    def merging_commit(self, project: Project, old: str, new: str, sha: str) -> str | None:
+        """The first commit along ``new``'s first parents (after ``old``) that contains ``sha``."""
+        exclude = [f"^{old}"] if old != merge_requests.ZERO else []
+        line = _git("rev-list", "--first-parent", "--reverse", new, *exclude, cwd=self.repo_dir(project),
+                    check=False).split()
+        repo = self.repo_dir(project)
+        return next((c for c in line if subprocess.run(["git", "merge-base", "--is-ancestor", sha, c], cwd=repo,
+                                                       capture_output=True, check=False).returncode == 0), None)
+
+    def commits_between(self, project: Project, target: str, head: str) -> list[str]:
+        return _git("rev-list", head, f"^refs/heads/{target}", cwd=self.repo_dir(project), check=False).split()
+
+    def commit_message(self, project: Project, sha: str) -> tuple[str, str]:
+        """A commit's title and the rest of its message."""
+        text = _git("log", "-1", "--format=%B", sha, cwd=self.repo_dir(project))
+        title, _, body = text.partition("\n")
+        return title, body.strip()
+
+    def post_receive(self, project: Project, user: User, changes: list[str], push_options: list[str],
+                     base: str) -> list[dict[str, str]]:
+        """GitLab's internal post-receive call: merge requests; the messages the pusher sees."""
+        return merge_requests.post_receive(self, project, user, changes, push_options, base)
 
     def set_head(self, project: Project, branch: str) -> None:
         _git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=self.repo_dir(project))

@@ -1,4 +1,4 @@
-"""The double's state: users and tokens, groups, projects, variables, pipelines, runners.
+"""The double's state: users and tokens, groups, projects, variables, pipelines, merge requests, runners.
 
 Plain records under one lock.  Access follows GitLab: a member's level in a
 group holds in its subgroups and projects; administrators may do anything;
@@ -134,6 +134,41 @@ class Pipeline:
 
 
 @dataclass
+class Note:
+    id: int
+    body: str
+    author_id: int
+    system: bool = False
+    created_at: str = field(default_factory=now)
+
+
+@dataclass
+class MergeRequest:
+    """One merge request; ``sha`` follows the source branch's head while it is open (GitLab's diff head)."""
+
+    id: int
+    iid: int
+    project_id: int
+    source_branch: str
+    target_branch: str
+    title: str
+    description: str
+    author_id: int
+    sha: str
+    force_remove_source_branch: bool = False
+    state: str = "opened"  # opened | closed | merged
+    merged_at: str | None = None
+    merge_commit_sha: str | None = None
+    closed_at: str | None = None
+    notes: list[Note] = field(default_factory=list)
+    created_at: str = field(default_factory=now)
+    updated_at: str = field(default_factory=now)
+
+    def touch(self) -> None:
+        self.updated_at = now()
+
+
+@dataclass
 class Project:
     id: int
     name: str
@@ -145,6 +180,7 @@ class Project:
     variables: dict[str, Variable] = field(default_factory=dict)
     protected: dict[str, Protection] = field(default_factory=dict)
     pipelines: list[Pipeline] = field(default_factory=list)
+    merge_requests: list[MergeRequest] = field(default_factory=list)
     created_at: str = field(default_factory=now)
 
 

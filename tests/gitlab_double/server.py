@@ -5,7 +5,10 @@ Bearer``), then the route's scopes are checked (403 ``insufficient_scope``).
 Git requests authenticate with HTTP Basic (any user name, a token as the
 password) and need ``read_repository``/``write_repository`` (or ``api``).
 Every API request is answered under the state's lock, so handlers see one
-consistent state; ``git http-backend`` runs outside it.
+consistent state; ``git http-backend`` runs outside it.  Its post-receive hook
+calls back ``POST /api/v4/internal/post_receive`` (GitLab's internal API, with
+the double's shared secret), which is neither routed nor recorded as a
+client's request.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .model import DEVELOPER, REPORTER
 GIT_READ = ("api", "read_repository", "write_repository")
 GIT_WRITE = ("api", "write_repository")
 _GIT_PATH = re.compile(r"^/(?P<project>.+?)\.git(?P<rest>/.*)?$")
+INTERNAL = "/api/v4/internal"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -63,7 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         split = urlsplit(self.path)
         body = self._body()
-        if split.path.startswith("/api/v4/"):
+        if split.path == f"{INTERNAL}/post_receive" and self.command == "POST":
+            self._post_receive(body)
+        elif split.path.startswith("/api/v4/"):
             response = self._api(split.path, split.query, body)
             payload = b"" if response.status == 204 else json.dumps(response.body).encode()
             self._send(response.status, payload, {"Content-Type": "application/json", **response.headers})
@@ -121,6 +127,25 @@ class _Handler(BaseHTTPRequestHandler):
         result = func(ctx, **params)
         return result if isinstance(result, Response) else Response(200, result)
 
+    # -- what the repositories' hooks call
+    def _own_address(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"{host if isinstance(host, str) else bytes(host).decode()}:{port}"
+
+    def _post_receive(self, raw_body: bytes) -> None:
+        double = self.server.double
+        if self.headers.get("Gitlab-Shared-Secret") != double.internal_secret:
+            self._send(401, b'{"message": "401 Unauthorized"}', {"Content-Type": "application/json"})
+            return
+        request = json.loads(raw_body)
+        with double.state.lock:
+            project = double.state.projects[int(request["gl_repository"].removeprefix("project-"))]
+            user = double.state.users[int(request["identifier"].removeprefix("user-"))]
+            messages = double.post_receive(project, user, list(request["changes"]), list(request["push_options"]),
+                                           f"http://{self.headers.get('Host')}")
+        payload = json.dumps({"messages": messages, "reference_counter_decreased": True}).encode()
+        self._send(200, payload, {"Content-Type": "application/json"})
+
     # -- git over smart HTTP
     def _git(self, raw_path: str, query: str, body: bytes) -> None:
         double = self.server.double
@@ -166,7 +191,9 @@ class _Handler(BaseHTTPRequestHandler):
                "REMOTE_ADDR": self.client_address[0], "REMOTE_USER": user.username if user else "",
                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
                "GIT_HTTP_MAX_REQUEST_BUFFER": "1000M", "DOUBLE_LEVEL": str(level),
-               "DOUBLE_PROTECTED": json.dumps(rules)}
+               "DOUBLE_PROTECTED": json.dumps(rules), "GL_REPOSITORY": f"project-{project.id}",
+               "GL_ID": f"user-{user.id}" if user else "", "DOUBLE_SECRET": double.internal_secret,
+               "DOUBLE_INTERNAL_API": f"http://{self._own_address()}{INTERNAL}"}
         proc = subprocess.run(["git", "http-backend"], input=body, capture_output=True, env=env, check=False)
         head, sep, payload = proc.stdout.partition(b"\r\n\r\n")
         if not sep:

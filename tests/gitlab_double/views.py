@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from .model import LEVEL_NAMES, Group, Job, Pipeline, Project, Protection, Runner, State, Token, User, Variable
+from .model import (LEVEL_NAMES, Group, Job, MergeRequest, Note, Pipeline, Project, Protection, Runner, State, Token,
+                    User, Variable)
 
 
 def user_view(user: User, base: str, *, full: bool = False) -> dict[str, Any]:
@@ -101,3 +102,31 @@ def runner_view(runner: Runner, *, full: bool = False) -> dict[str, Any]:
                      "locked": runner.locked, "access_level": runner.access_level,
                      "maximum_timeout": runner.maximum_timeout, "contacted_at": None, "projects": [], "groups": []})
     return data
+
+
+def merge_request_view(state: State, mr: MergeRequest, base: str) -> dict[str, Any]:
+    project = state.projects[mr.project_id]
+    full = state.project_full_path(project)
+    author = user_view(state.users[mr.author_id], base)
+    return {"id": mr.id, "iid": mr.iid, "project_id": mr.project_id, "title": mr.title,
+            "description": mr.description, "state": mr.state, "created_at": mr.created_at,
+            "updated_at": mr.updated_at, "merged_by": None, "merge_user": None, "merged_at": mr.merged_at,
+            "closed_by": None, "closed_at": mr.closed_at, "target_branch": mr.target_branch,
+            "source_branch": mr.source_branch, "user_notes_count": sum(not n.system for n in mr.notes),
+            "author": author, "assignees": [author], "assignee": author, "reviewers": [],
+            "source_project_id": mr.project_id, "target_project_id": mr.project_id, "labels": [], "draft": False,
+            "work_in_progress": False, "merge_when_pipeline_succeeds": False,
+            "merge_status": "can_be_merged",
+            "detailed_merge_status": "mergeable" if mr.state == "opened" else "not_open",
+            "sha": mr.sha, "merge_commit_sha": mr.merge_commit_sha, "squash_commit_sha": None,
+            "should_remove_source_branch": None, "force_remove_source_branch": mr.force_remove_source_branch,
+            "squash": False, "references": {"short": f"!{mr.iid}", "relative": f"!{mr.iid}",
+                                            "full": f"{full}!{mr.iid}"},
+            "web_url": f"{base}/{full}/-/merge_requests/{mr.iid}"}
+
+
+def note_view(state: State, mr: MergeRequest, note: Note, base: str) -> dict[str, Any]:
+    return {"id": note.id, "type": None, "body": note.body, "author": user_view(state.users[note.author_id], base),
+            "created_at": note.created_at, "updated_at": note.created_at, "system": note.system,
+            "noteable_id": mr.id, "noteable_type": "MergeRequest", "noteable_iid": mr.iid,
+            "project_id": mr.project_id, "resolvable": False, "confidential": False, "internal": False}
