@@ -169,6 +169,19 @@ def protect(ctx: Ctx, pid: str) -> Any:
     return Response(201, protection_view(rule))
 
 
+@ROUTER.route("PATCH", "/projects/{pid}/protected_branches/{name}", WRITE)
+def update_protected(ctx: Ctx, pid: str, name: str) -> Any:
+    """GitLab 15.6+: change a protection in place (only ``allow_force_push`` is modelled)."""
+    project = visible_project(ctx, pid, MAINTAINER)
+    if name not in project.protected:
+        raise not_found()
+    rule = project.protected[name]
+    force = ctx.boolean("allow_force_push", None)
+    if force is not None:
+        rule.allow_force_push = bool(force)
+    return protection_view(rule)
+
+
 @ROUTER.route("DELETE", "/projects/{pid}/protected_branches/{name}", WRITE)
 def unprotect(ctx: Ctx, pid: str, name: str) -> Any:
     project = visible_project(ctx, pid, MAINTAINER)

@@ -2,14 +2,13 @@
 
 Each test publishes one study, then does what the ``convert`` job does to the
 BIDS project as bids_bot: branch ``convert/<session>`` off ``dev``, commit,
-and push with :func:`gitlab_push_options`, through the same git call (the
+and push with the job's own :func:`push_for_review` (push options; the
 job's credentials come from its environment).  What a data manager would see
 is read back through the REST API.
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from bidsflux._proc import git, run
 from bidsflux.errors import ConvertError
 from bidsflux.forge import credential_env, make_forge
 from bidsflux.forge.publish import Published, publish_session
-from bidsflux.forge.review import gitlab_push_options
+from bidsflux.convert.job import push_for_review
 from bidsflux.index import index_batch
 from bidsflux.scanner import StudySpec, study_uid, write_study
 
@@ -59,11 +58,9 @@ class Study:
         git("commit", "-q", "-m", f"[bids-flux] {name}", cwd=self.clone)
         return git("rev-parse", "HEAD", cwd=self.clone)
 
-    def push(self, target: str, title: str = TITLE, description: str = DESCRIPTION) -> subprocess.CompletedProcess[str]:
-        """The convert job's push of ``convert/<session>``, push options included."""
-        return run(["git", "push", "--quiet", "--force",
-                    *[f"--push-option={o}" for o in gitlab_push_options(target, title, description)],
-                    "origin", f"HEAD:refs/heads/{self.branch}"], cwd=self.clone, error=ConvertError, study=self.uid)
+    def push(self, target: str, title: str = TITLE, description: str = DESCRIPTION) -> str:
+        """The convert job's push of ``convert/<session>``, push options included; git's messages."""
+        return push_for_review(self.clone, self.branch, target, title, description, study=self.uid)
 
 
 @pytest.fixture
@@ -89,7 +86,7 @@ def test_the_convert_push_opens_one_merge_request_which_the_merge_into_dev_close
     double = study.site.double
     head = study.commit("sub-01.json")
     pushed = study.push("dev")
-    assert f"View merge request for {study.branch}" in pushed.stderr
+    assert f"View merge request for {study.branch}" in pushed
 
     listed = study.api("/merge_requests")
     assert listed.status_code == 200 and listed.headers["X-Total"] == "1"
@@ -123,11 +120,11 @@ def test_the_convert_push_opens_one_merge_request_which_the_merge_into_dev_close
 
 def test_an_unknown_target_is_reported_on_the_push_and_opens_nothing(study: Study) -> None:
     head = study.commit("sub-01.json")
-    pushed = study.push("no-such-branch")
-    # GitLab accepts the push and warns about the push options in its output.
-    assert pushed.returncode == 0
-    assert "Error encountered with push options" in pushed.stderr
-    assert f"Target branch {study.project}:no-such-branch does not exist" in pushed.stderr
+    # GitLab accepts the push and only warns about the push options: the job fails, naming why.
+    with pytest.raises(ConvertError) as refused:
+        study.push("no-such-branch")
+    assert "was pushed but GitLab opened no merge request" in str(refused.value)
+    assert f"Target branch {study.project}:no-such-branch does not exist" in str(refused.value)
     assert study.site.double.branches(study.site.double.project(study.project))[study.branch] == head  # type: ignore[arg-type]
     assert study.api("/merge_requests").json() == []
     assert study.api("/merge_requests").headers["X-Total"] == "0"
@@ -168,3 +165,15 @@ def test_merge_request_routes_check_tokens_and_parameters(study: Study) -> None:
     listed = requests.get(f"{url}/1/notes", headers=dicom_bot, timeout=10)
     assert listed.headers["X-Total"] == "1" and [n["body"] for n in listed.json()] == ["BIDS validator: 0 errors"]
     assert project.mergerequests.get(1).user_notes_count == 1
+
+
+def test_a_rerun_rebuilds_the_branch_from_dev_and_the_merge_request_follows(study: Study) -> None:
+    study.commit("sub-01.json")
+    study.push("dev")
+    # A re-run starts again from dev: the new branch does not contain the old commit (a forced push).
+    git("checkout", "-q", "-B", study.branch, "origin/dev", cwd=study.clone)
+    rebuilt = study.commit("sub-01_T1w.json")
+    study.push("dev", title=f"{TITLE} (re-run)")
+    assert study.site.double.branches(study.site.double.project(study.project))[study.branch] == rebuilt  # type: ignore[arg-type]
+    (mr,) = study.api("/merge_requests", state="opened").json()
+    assert (mr["iid"], mr["sha"], mr["title"]) == (1, rebuilt, f"{TITLE} (re-run)")

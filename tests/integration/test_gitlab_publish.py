@@ -65,7 +65,10 @@ def test_two_studies_in_two_groups_land_in_their_projects(gitlab_site: Site, tmp
         bids = double.project(f"{group}/bids")
         assert bids is not None and bids.default_branch == "dev"
         assert set(bids.protected) == {"base", "dev", "convert/*"}
-        assert all(r.push_access_level == 40 and not r.allow_force_push for r in bids.protected.values())
+        assert all(r.push_access_level == 40 for r in bids.protected.values())
+        # Nobody rewrites base or dev; a re-run of a conversion rebuilds its convert/ branch.
+        assert {n: r.allow_force_push for n, r in bids.protected.items()} == {
+            "base": False, "dev": False, "convert/*": True}
         assert ".gitlab-ci.yml" in git_out("ls-tree", "--name-only", "dev", cwd=double.repo_dir(bids))
         assert [p.ref for p in bids.pipelines if p.source == "push"] == ["base", "dev"]
         # bids_bot can push conversions into the study group; the group has its CI/CD variables.
@@ -186,6 +189,14 @@ def test_protected_branches_hold_against_other_pushers(gitlab_site: Site, tmp_pa
     assert push(bids_bot, "HEAD:refs/heads/dev").returncode == 0
     forced = push(bids_bot, "+HEAD~1:refs/heads/dev")
     assert forced.returncode != 0 and "force push" in forced.stderr
+    # A re-run of the conversion rebuilds convert/x from dev: bids_bot may, a developer still may not.
+    assert push(bids_bot, "+HEAD~1:refs/heads/convert/x").returncode == 0
+    assert push(developer, "+HEAD:refs/heads/convert/x").returncode != 0
+
+    # A project protected by an earlier version (no force pushes on convert/*) is aligned when published again.
+    bids.protected["convert/*"].allow_force_push = False
+    publish_session(settings, make_forge(settings), result)
+    assert bids.protected["convert/*"].allow_force_push
 
 
 def test_the_routes_derivative_projects_are_made_where_bids_bot_can_push(gitlab_site: Site, tmp_path: Path) -> None:

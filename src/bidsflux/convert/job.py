@@ -175,10 +175,7 @@ def run_convert_job(settings: Settings, *, bids_url: str, session: str, study_ui
     description = (f"Study {study}: {len(archives)} series converted with {heuristic.describe()}; "
                    + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
     if settings.forge_type == "gitlab":
-        # The merge request comes with the push: no API scope needed.
-        git("push", "--quiet", "--force", *[f"--push-option={o}" for o in
-                                            gitlab_push_options(target, title, description)],
-            "origin", f"HEAD:refs/heads/{branch}", cwd=bids, error=ConvertError, study=study)
+        push_for_review(bids, branch, target, title, description, study=study)
     # A re-run replaces the branch: it always starts again from the base.
     _datalad.push(bids, "origin", study=study, error=ConvertError, force=True)
     iid = None
@@ -191,6 +188,34 @@ def run_convert_job(settings: Settings, *, bids_url: str, session: str, study_ui
         study_uid=study, session=session, branch=branch, base=base, commit=commit,
         changed=commit != base_commit, nifti_files=nifti, stored_keys=stored.keys, heuristic=heuristic.name,
         heuristic_sha256=heuristic.sha256, versions=versions, merge_request=iid, outputs=changed_files)
+
+
+def push_for_review(clone: Path, branch: str, target: str, title: str, description: str, *,
+                    study: str | None) -> str:
+    """Push HEAD to ``branch`` on GitLab with the push options that open (or update) its merge request.
+
+    The merge request comes with the push, so ``bids_bot`` needs no API scope.
+    ``--force``: a re-run rebuilds the branch from its base.  Returns git's
+    output, which carries GitLab's messages (the merge request's address).
+    """
+    pushed = run(["git", "push", "--force", *[f"--push-option={o}" for o in
+                                              gitlab_push_options(target, title, description)],
+                  "origin", f"HEAD:refs/heads/{branch}"], cwd=clone, error=ConvertError, study=study)
+    refused_options(pushed.stderr, branch, study=study)
+    return pushed.stderr
+
+
+def refused_options(stderr: str, branch: str, *, study: str | None) -> None:
+    """GitLab accepts a push whose options it cannot honour and only warns: make that a failed job.
+
+    Otherwise the branch would be pushed, the job green, and no merge request
+    would wait for review (e.g. a target branch that does not exist).
+    """
+    lines = [line.removeprefix("remote:").strip() for line in stderr.splitlines()]
+    problems = [line for line in lines if "Error encountered with push options" in line]
+    if problems:
+        raise ConvertError(f"{branch} was pushed but GitLab opened no merge request: {' '.join(problems)[:500]}",
+                           study=study, hint="check the target branch and the push options the job sends")
 
 
 def read_record(bids: Path, session: str) -> dict[str, Any] | None:

@@ -120,6 +120,11 @@ class GitLabClient:
                                                                    max_retries=self._retries))
         return result if isinstance(result, dict) else {}
 
+    def patch(self, path: str, data: dict[str, Any], *, what: str, study: str | None = None) -> dict[str, Any]:
+        result = self._call(what, study, lambda: self._gl.http_patch(path, post_data=data,
+                                                                     max_retries=self._retries))
+        return result if isinstance(result, dict) else {}
+
     def delete(self, path: str, *, what: str, study: str | None = None) -> None:
         self._call(what, study, lambda: self._gl.http_delete(path, max_retries=self._retries))
 

@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 
 MAINTAINER = 40
 # Branch protection per project kind: pushes and merges by Maintainers only
-# (bids_bot, and dicom_bot as the groups' owner); no force pushes.
-PROTECTED = {"bids": ("base", "dev", "convert/*")}
+# (bids_bot, and dicom_bot as the groups' owner), with whether force pushes are
+# allowed: never on base and dev; on convert/* yes, because a re-run of a
+# session's conversion rebuilds its branch from dev.
+PROTECTED = {"bids": (("base", False), ("dev", False), ("convert/*", True))}
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -187,8 +189,8 @@ class GitLabForge:
             project = self.api.get_or_none(f"/projects/{enc(path)}", what=f"read project {path}", study=study)
             if project is None:
                 project = self._create_project(name, path, group, kind, study=study)
-            for branch in PROTECTED.get(kind or "", ()):
-                self._protect(project, branch, study=study)
+            for branch, force in PROTECTED.get(kind or "", ()):
+                self._protect(project, branch, force, study=study)
             self._projects[path.lower()] = project
         push_url = project["ssh_url_to_repo"] if self.settings.gitlab_push == "ssh" else ""
         return Project(path, project["http_url_to_repo"], push_url)
@@ -234,13 +236,18 @@ class GitLabForge:
             params["group_with_project_templates_id"] = self._templates[""]["id"]
         return params
 
-    def _protect(self, project: dict[str, Any], branch: str, *, study: str | None) -> None:
+    def _protect(self, project: dict[str, Any], branch: str, force: bool, *, study: str | None) -> None:
         where = f"/projects/{project['id']}/protected_branches"
-        if self.api.get_or_none(f"{where}/{enc(branch)}", what=f"read protection of {branch}", study=study):
+        existing = self.api.get_or_none(f"{where}/{enc(branch)}", what=f"read protection of {branch}", study=study)
+        if existing:
+            if bool(existing.get("allow_force_push")) != force:  # protected by an earlier version: align it
+                self.api.patch(f"{where}/{enc(branch)}", {"allow_force_push": force},
+                               what=f"set force pushes on {branch} in {project['path_with_namespace']}",
+                               study=study)
             return
         try:
             self.api.post(where, {"name": branch, "push_access_level": MAINTAINER,
-                                  "merge_access_level": MAINTAINER, "allow_force_push": False},
+                                  "merge_access_level": MAINTAINER, "allow_force_push": force},
                           what=f"protect {branch} in {project['path_with_namespace']}", study=study)
         except GitLabAPIError as exc:
             if exc.status != 409:  # 409: protected meanwhile, as wanted
