@@ -294,8 +294,8 @@ for item in "${todo[@]}"; do
             gitlab_root_password)
                 echo "    note: GitLab reads it only when it first initialises; change root's password in GitLab" ;;
             bidsflux_s3_access_key|bidsflux_s3_secret_key)
-                echo "    note: MinIO's user follows (minio-setup runs again); update the CI/CD variable" \
-                     "$(printf '%s' "$name" | tr '[:lower:]' '[:upper:]') in GitLab too" ;;
+                echo "    note: MinIO's user follows (minio-setup runs again); run 'bidsflux deploy init' again" \
+                     "to update the CI/CD variable $(printf '%s' "$name" | tr '[:lower:]' '[:upper:]') in GitLab" ;;
         esac
     fi
     case "$kind" in

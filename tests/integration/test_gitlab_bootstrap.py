@@ -190,3 +190,29 @@ def test_runner_drift_is_corrected_and_a_lost_token_reset(gitlab_double: GitLabD
     assert runners["data-dind"].token != old_token
     assert _config(out / "data" / "config.toml")["data-dind"]["token"] == runners["data-dind"].token
     assert len(gitlab_double.state.runners) == 4  # reset, not created again
+
+
+def test_bootstrap_gives_the_jobs_the_indexers_s3_store(gitlab_double: GitLabDouble, site_env: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    access, secret = "bidsfluxAccessKey0123", "bidsfluxSecretKey0123456789abcdefABCDEF"
+    for name, value in (("bidsflux_s3_access_key", access), ("bidsflux_s3_secret_key", secret)):
+        (site_env / name).write_text(value + "\n")
+    monkeypatch.setenv("BIDSFLUX_STORAGE_TYPE", "s3")
+    monkeypatch.setenv("BIDSFLUX_S3_ENDPOINT_URL", "https://s3.example.org")
+    monkeypatch.setenv("BIDSFLUX_S3_ACCESS_KEY_FILE", str(site_env / "bidsflux_s3_access_key"))
+    monkeypatch.setenv("BIDSFLUX_S3_SECRET_KEY_FILE", str(site_env / "bidsflux_s3_secret_key"))
+    args = ["deploy", "init", "--workdir", str(site_env / "work"), "--secrets-dir", str(site_env / "secrets")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    variables = gitlab_double.instance_variables
+    assert variables["BIDSFLUX_STORAGE_TYPE"].value == "s3"
+    assert variables["BIDSFLUX_S3_ENDPOINT_URL"].value == "https://s3.example.org"
+    assert variables["BIDSFLUX_S3_PATH_STYLE"].value == "true"
+    for key, value in (("BIDSFLUX_S3_ACCESS_KEY", access), ("BIDSFLUX_S3_SECRET_KEY", secret)):
+        assert variables[key].value == value and variables[key].masked and variables[key].protected
+    assert access not in out and secret not in out
+    assert "created  instance variable BIDSFLUX_S3_SECRET_KEY" in out
+
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("nothing changed")

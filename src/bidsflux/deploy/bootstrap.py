@@ -192,6 +192,22 @@ def _variables(settings: Settings, admin: GitLabClient, bids_bot: Bot, user: dic
     elif "BIDS_API_TOKEN" not in existing:
         report.add(f"{scope} variable BIDS_API_TOKEN", "error",
                    f"the {bids_bot.username} token's value is not known here; run again with --rotate")
+    if settings.storage_type == "s3":
+        # The jobs store content where the indexer does, at the same endpoint: a clone's remote must
+        # point at the configured one, which the jobs check before writing.
+        wanted["BIDSFLUX_STORAGE_TYPE"] = {"value": "s3"}
+        for key, value in (("BIDSFLUX_S3_ENDPOINT_URL", settings.s3_endpoint_url),
+                           ("BIDSFLUX_S3_REGION", settings.s3_region),
+                           ("BIDSFLUX_S3_SIGNATURE", settings.s3_signature),
+                           ("BIDSFLUX_S3_PATH_STYLE", "true" if settings.s3_path_style else "false")):
+            if value:
+                wanted[key] = {"value": str(value)}
+        for key, value in (("BIDSFLUX_S3_ACCESS_KEY", settings.s3_access_key),
+                           ("BIDSFLUX_S3_SECRET_KEY", settings.s3_secret_key)):
+            if value:
+                wanted[key] = {"value": str(value), **secret}
+            elif key not in existing:
+                report.add(f"{scope} variable {key}", "error", f"{key} is not set here (secret file or environment)")
     for key, spec in wanted.items():
         spec = {"masked": False, "protected": False, "raw": True, **spec}
         what = f"{scope} variable {key}"
