@@ -102,3 +102,22 @@ def test_dry_run_names_exactly_the_affected_sessions_then_one_merge_request(
     assert "sub-rc01/ses-02/anat/sub-rc01_ses-02_acq-mprage_T1w.nii.gz" in tree
     assert "sub-rc01/ses-02/anat/sub-rc01_ses-02_T1w.nii.gz" not in tree, "the old name stayed behind"
     assert "sub-rc01/ses-01/anat/sub-rc01_ses-01_T1w.nii.gz" in tree
+
+
+def test_each_sessions_validation_reads_only_its_own_images(converted: tuple[Service, list[str]]) -> None:
+    import re
+
+    service, (first, second) = converted
+    pattern = re.compile(r"get (\d+) images of this conversion from the store(?:; (\d+) images of other sessions "
+                         r"stay there)?")
+    found = {}
+    for uid in (first, second):
+        log = sorted(service.settings.jobs_dir.glob(f"bids-validate-{uid}-*/job.log"))[-1].read_text()
+        match = pattern.search(log)
+        assert match is not None, log[-2000:]
+        found[uid] = (int(match[1]), int(match[2] or 0))
+    # The first session is the whole dataset; the second fetches its own images and leaves the first's in the store.
+    assert found[first][0] > 0 and found[first][1] == 0
+    assert found[second] == (found[first][0], found[first][0])
+    summary = service.ledger.require(second).details["validation"]
+    assert summary.startswith("valid:") and f"headers of {found[first][0]} images of other sessions not read" in summary

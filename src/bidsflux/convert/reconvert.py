@@ -119,6 +119,7 @@ def apply(settings: Settings, plans: list[SessionPlan], scratch: Path, *, say: S
             result.commit, result.merge_request = outcome.commit, outcome.merge_request
         study = items[0].study_uid
         validation = run_validate_job(settings, bids_url=url, session=items[0].session, study_uid=study,
+                                      sessions=[item.session for item in items],
                                       commit=result.commit, job_dir=scratch / f"apply-{n}",
                                       out_dir=_reports(scratch, n), merge_request=result.merge_request)
         phi = run_phi_job(settings, bids_url=url, session=items[0].session, study_uid=study, commit=result.commit,
