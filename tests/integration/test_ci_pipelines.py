@@ -153,6 +153,10 @@ def test_study_pipeline_starts_the_bids_pipeline_which_converts_validates_and_me
     assert valid.returncode == 0, valid.stdout[-2000:]
     record = json.loads((clone / ".bidsflux" / "conversions" / f"{session['session_path']}.json").read_text())
     assert record["heuristic"] == "reproin" and record["mapping"]
+    # The DICOMs are the sourcedata/dicoms subdataset; no copy with every header inside the BIDS tree.
+    assert record["dicom_archives"] is False and not list((clone / "sourcedata").glob("sub-*"))
+    assert not [p for p in record["outputs"] if p.endswith(".dicom.tgz")]
+    assert all(target.endswith("[nii.gz]") for targets in record["mapping"].values() for target in targets)
 
     # The study's derivative DAG on its bids project: stats, then a GPU-tagged mean-image job and QC needing it.
     project = project_checkout(service, session["bids_url"], tmp_path / "bids", "dev", "derivatives.yml")

@@ -67,6 +67,13 @@ def test_dry_run_names_exactly_the_affected_sessions_then_one_merge_request(
     unchanged = bidsflux(service, "reconvert", "--dry-run")
     assert unchanged.returncode == 0, unchanged.stderr
     assert "0 of 2 converted session(s) would change" in unchanged.stdout
+    # A study that starts allowing DICOM archives in its BIDS tree: every session would change, and says why.
+    keep = subprocess.run(["bidsflux", "reconvert", "--dry-run", "--json", "--workdir", str(service.settings.workdir)],
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "BIDSFLUX_FORGE_PORT": "0",
+                               "BIDSFLUX_PHI_ALLOW": "patient-id,acquisition-time,dicom-archives"})
+    assert keep.returncode == 0, keep.stderr
+    assert [p["reasons"] for p in json.loads(keep.stdout)] == [["DICOM archives in sourcedata/: dropped -> kept"]] * 2
 
     work = tmp_path / "bids"
     subprocess.run(["git", "clone", "-q", "--branch", "dev", bids_url, str(work)], env=env, check=True)

@@ -328,6 +328,24 @@ def test_annexed_files_subdatasets_and_git_are_not_read(identity: Identity, tmp_
     assert {f.path for f in check_tree(root, identity, NOTHING)} == {"sourcedata/README"}
 
 
+def test_dicom_archives_in_the_dataset_are_findings_by_name_unless_allowed(identity: Identity,
+                                                                           tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    archive = "sourcedata/sub-01/ses-01/anat/sub-01_ses-01_T1w.dicom.tgz"
+    key = write(root, ".git/annex/objects/Qq/9z/SHA256E-s9--cd.tgz/SHA256E-s9--cd.tgz", "not read")
+    (root / archive).parent.mkdir(parents=True)
+    (root / archive).symlink_to(key)  # annexed: found by its name, its content is never read
+    write(root, "extra/IM0001.dcm", "DICM")
+    (root / "sourcedata/dicoms").mkdir(parents=True)
+    write(root, "sourcedata/dicoms/.git", "gitdir: ../../.git/modules/dicoms\n")
+    write(root, "sourcedata/dicoms/sub-01.tar", "the subdataset's own archives are not this dataset's files")
+
+    found = kinds(check_tree(root, identity, NOTHING))
+    what = "DICOM data with every header (patient name, birth date...)"
+    assert found == {(archive, None, what), ("extra/IM0001.dcm", None, what)}
+    assert check_tree(root, identity, frozenset({"dicom-archives"})) == []
+
+
 def test_findings_are_sorted_and_deterministic(identity: Identity, tmp_path: Path) -> None:
     root = make_tree(tmp_path, acq_time="2024-03-12T10:15:03", PatientName=NAME)
     write(root, "README", f"\n{NAME}\n")
@@ -354,7 +372,7 @@ def test_require_clean_reports_places_not_values(identity: Identity, tmp_path: P
 @pytest.mark.parametrize("text, expected", [
     ("", set()), ("  ", set()), ("patient-id", {"patient-id"}),
     ("Patient-ID, acquisition-date", {"patient-id", "acquisition-date"}),
-    ("acquisition-date acquisition-time,patient-id", set(ALLOWANCES)),
+    ("acquisition-date acquisition-time,patient-id dicom-archives", set(ALLOWANCES)),
 ])
 def test_parse_allow(text: str, expected: set[str]) -> None:
     assert parse_allow(text) == frozenset(expected)

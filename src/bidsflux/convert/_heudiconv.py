@@ -31,22 +31,59 @@ def _heudiconv(files: list[Path], outdir: Path, heuristic: Path, converter: str,
                            hint="check the series names against the heuristic")
 
 
-def convert(files: list[Path], outdir: Path, heuristic: Path, *, study: str | None) -> dict[str, list[str]]:
+_WITHOUT_DICOM = '''"""bids-flux: {name} without DICOM archives in the BIDS dataset.
+
+Its DICOMs are the dataset's sourcedata/dicoms subdataset already; a copy as
+sourcedata/sub-*/...dicom.tgz would carry every header (patient name, birth
+date) into the dataset researchers get.  Written for one heudiconv run.
+"""
+import importlib.util as _util
+
+_spec = _util.spec_from_file_location("_bidsflux_site_heuristic", {path!r})
+_site = _util.module_from_spec(_spec)
+_spec.loader.exec_module(_site)
+globals().update({{k: v for k, v in vars(_site).items() if not k.startswith("__")}})
+
+
+def infotodict(seqinfo, *args, **kwargs):
+    kept = {{}}
+    for key, series in _site.infotodict(seqinfo, *args, **kwargs).items():
+        outtypes = tuple(t for t in key[1] if t != "dicom")
+        if outtypes:
+            kept[(key[0], outtypes, *key[2:])] = series
+    return kept
+'''
+
+
+def _heuristic_for_run(heuristic: Path, folder: Path, dicom_archives: bool) -> Path:
+    """``heuristic`` itself, or (the default) a wrapper that drops its ``dicom`` outputs."""
+    if dicom_archives:
+        return heuristic
+    wrapper = folder / "bidsflux_heuristic.py"
+    wrapper.write_text(_WITHOUT_DICOM.format(name=heuristic.stem, path=str(heuristic)))
+    return wrapper
+
+
+def convert(files: list[Path], outdir: Path, heuristic: Path, *, study: str | None,
+            dicom_archives: bool = False) -> dict[str, list[str]]:
     """Run heudiconv on ``files`` (series archives) into the BIDS root ``outdir``; return its conversion table.
 
     A conversion table left by an earlier run is removed first: heudiconv would
-    reuse it instead of asking the heuristic again.
+    reuse it instead of asking the heuristic again.  Without ``dicom_archives``
+    the heuristic's ``dicom`` outputs are dropped.
     """
     shutil.rmtree(outdir / ".heudiconv", ignore_errors=True)
-    _heudiconv(files, outdir, heuristic, "dcm2niix", study=study)
+    with tempfile.TemporaryDirectory(prefix="bidsflux-heuristic-") as tmp:
+        _heudiconv(files, outdir, _heuristic_for_run(heuristic, Path(tmp), dicom_archives), "dcm2niix", study=study)
     return conversion_table(outdir / ".heudiconv")
 
 
-def plan(files: list[Path], heuristic: Path, *, study: str | None) -> dict[str, list[str]]:
+def plan(files: list[Path], heuristic: Path, *, study: str | None, dicom_archives: bool = False) -> dict[str, list[str]]:
     """The conversion table ``heuristic`` gives for ``files``, converting nothing (``-c none``)."""
     with tempfile.TemporaryDirectory(prefix="bidsflux-plan-") as tmp:
-        _heudiconv(files, Path(tmp), heuristic, "none", study=study)
-        return conversion_table(Path(tmp) / ".heudiconv")
+        _heudiconv(files, Path(tmp) / "out", _heuristic_for_run(heuristic, Path(tmp), dicom_archives), "none",
+                   study=study)
+        return conversion_table(Path(tmp) / "out" / ".heudiconv")
 
 
 def conversion_table(folder: Path) -> dict[str, list[str]]:

@@ -142,7 +142,8 @@ def run_convert_job(settings: Settings, *, bids_url: str, session: str, study_ui
         if old:
             git("rm", "-r", "--quiet", "--ignore-unmatch", "--", *old, cwd=bids, error=ConvertError, study=study)
     step("convert", f"heudiconv with heuristic {heuristic.describe()} on {len(archives)} series")
-    mapping = _heudiconv.convert(archives, bids, heuristic.path, study=study)
+    mapping = _heudiconv.convert(archives, bids, heuristic.path, study=study,
+                                 dicom_archives="dicom-archives" in settings.phi_allow)
     # heudiconv's own folder holds the DICOM headers it read (patient ID, names, dates):
     # never committed. What a review needs of it, the conversion table, goes into the record.
     shutil.rmtree(bids / ".heudiconv", ignore_errors=True)
@@ -159,7 +160,7 @@ def run_convert_job(settings: Settings, *, bids_url: str, session: str, study_ui
     outputs = session_outputs(bids, study=study)
     record = {"outputs": outputs, "session": session, "study": study, "heuristic": heuristic.name, "heuristic_source": heuristic.source,
               "heuristic_sha256": heuristic.sha256, "versions": versions, "mapping": mapping,
-              "sourcedata_dicoms": super_commit}
+              "sourcedata_dicoms": super_commit, "dicom_archives": "dicom-archives" in settings.phi_allow}
     (bids / RECORDS).mkdir(parents=True, exist_ok=True)
     (bids / RECORDS / f"{session}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     _datalad.save(bids, conversion_message(session, study, heuristic, versions, super_commit), study=study,

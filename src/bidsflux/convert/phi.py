@@ -32,6 +32,11 @@ and ``patient_name`` are the same):
 
 Staff names heudiconv keeps (``operator`` in ``*_scans.tsv``) and the
 institution fields dcm2niix writes are not patient data and are not flagged.
+
+DICOM files and archives of them in the dataset's own tree (ReproIn's
+``sourcedata/sub-*/...dicom.tgz``, annexed or not) carry every header; they are
+findings by name, without being read, unless the study allows
+``dicom-archives`` (the conversion then keeps them; otherwise it drops them).
 """
 
 from __future__ import annotations
@@ -53,7 +58,9 @@ from pydicom.multival import MultiValue
 from .._proc import git
 from ..errors import PhiError, UsageError
 
-ALLOWANCES = frozenset({"patient-id", "acquisition-date", "acquisition-time"})
+ALLOWANCES = frozenset({"patient-id", "acquisition-date", "acquisition-time", "dicom-archives"})
+_DICOM_NAMES = (".dicom.tgz", ".dicom.tar.gz", ".dcm", ".dicom", ".ima")
+_ARCHIVE_NAMES = (".tgz", ".tar", ".tar.gz", ".zip")
 
 SHIFTED_DATE = "1925-01-01"  # BIDS: a year 1925 or earlier marks a shifted date
 SMALL_TEXT_BYTES = 1 << 20  # files of no known kind are read only up to this size
@@ -274,9 +281,25 @@ def check_tree(root: Path, identity: Identity, allow: frozenset[str], *,
             findings += _check_tsv(rel, text, matcher, allow)
         else:
             findings += matcher.scan(rel, text)
+    if "dicom-archives" not in allow:
+        findings += [Finding(rel, None, "DICOM data with every header (patient name, birth date...)")
+                     for rel in _dicom_files(root)]
     for sha, message in (commit_messages or {}).items():
         findings += matcher.scan(f"commit {sha[:8]}", message)
     return sorted(set(findings), key=lambda f: (f.path, f.line or 0, f.what))
+
+
+def _dicom_files(root: Path) -> Iterator[str]:
+    """DICOM files and archives of them in the dataset's own tree, annexed or not (by name: not read)."""
+    for folder, dirnames, filenames in os.walk(root):
+        here = Path(folder)
+        dirnames[:] = sorted(name for name in dirnames if name not in _SKIP_DIRS
+                             and not os.path.lexists(here / name / ".git"))
+        for name in sorted(filenames):
+            rel = (here / name).relative_to(root).as_posix()
+            lower = name.lower()
+            if lower.endswith(_DICOM_NAMES) or (rel.startswith("sourcedata/") and lower.endswith(_ARCHIVE_NAMES)):
+                yield rel
 
 
 def require_clean(findings: Sequence[Finding], *, study: str | None = None, shown: int = 20) -> None:

@@ -73,22 +73,27 @@ def plan(settings: Settings, sessions: list[tuple[str, str, str]], scratch: Path
         heuristic = heuristics.resolve(settings.bids_heuristic, bids, study=members[0][0])
         say(f"{url}: {len(members)} session(s) against {heuristic.describe()}")
         for study, session in sorted(members, key=lambda m: m[1]):
-            plans.append(_plan_session(bids, url, study, session, heuristic, versions))
+            plans.append(_plan_session(bids, url, study, session, heuristic, versions,
+                                       "dicom-archives" in settings.phi_allow))
         shutil.rmtree(folder, ignore_errors=True)
     return plans
 
 
 def _plan_session(bids: Path, url: str, study: str, session: str, heuristic: heuristics.Heuristic,
-                  versions: dict[str, str]) -> SessionPlan:
+                  versions: dict[str, str], dicom_archives: bool) -> SessionPlan:
     record = read_record(bids, session)
     if record is None:
         return SessionPlan(study, session, url, True, ["no conversion record (converted before records, "
                                                        "or never converted)"])
     reasons = [f"{tool} {record.get('versions', {}).get(tool, '?')} -> {version}"
                for tool, version in sorted(versions.items()) if record.get("versions", {}).get(tool) != version]
+    # Conversions recorded before the setting existed kept ReproIn's DICOM archives.
+    kept = bool(record.get("dicom_archives", True))
+    if kept != dicom_archives:
+        reasons.append("DICOM archives in sourcedata/: " + ("kept -> dropped" if kept else "dropped -> kept"))
     if record.get("heuristic_sha256") != heuristic.sha256 or record.get("heuristic") != heuristic.name:
         archives = session_archives(bids, session, study=study)
-        new = _heudiconv.plan(archives, heuristic.path, study=study)
+        new = _heudiconv.plan(archives, heuristic.path, study=study, dicom_archives=dicom_archives)
         old = record.get("mapping", {})
         for series in sorted(set(old) | set(new)):
             if old.get(series) != new.get(series):
