@@ -291,9 +291,10 @@ class Service:
         )
         pipelines = _names(record.details.get("pipelines"))
         published = publish_session(self.settings, self.forge, result, derivatives=pipelines)
-        details: dict[str, Any] = {"session_url": published.session_url, "study_url": published.study_url,
-                   "bids_url": published.bids_url, "session_commit": published.session_commit,
-                   "study_commit": published.study_commit}
+        details: dict[str, Any] = {
+            "session_url": published.session_url, "study_url": published.study_url,
+            "bids_url": published.bids_url, "session_commit": published.session_commit,
+            "study_commit": published.study_commit}
         if pipelines and self.settings.forge_type == "gitlab":
             details["derivatives"] = routed.initial(pipelines, local=False)
         self.ledger.transition(study, State.PUBLISHED, details=details)

@@ -28,7 +28,7 @@ from ..errors import UsageError
 from ..settings import Settings
 from .spec import KINDS, builtin_spec
 
-PENDING, SUCCESS, FAILED, NOT_RUN = "pending", "success", "failed", "not run here"
+PENDING, FAILED, NOT_RUN = "pending", "failed", "not run here"
 
 
 def split(entry: str) -> tuple[str, str]:
