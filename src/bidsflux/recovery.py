@@ -2,7 +2,8 @@
 
 Nothing here processes a study: it moves the study's kept batches back into
 the queue, or sets the study back to the last state it reached before it
-failed, and the worker (``bidsflux serve``) takes it from there.
+failed, and the worker (``bidsflux serve``) takes it from there.  A MERGED
+study whose routed derivatives failed gets those derivatives pending again.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .derive.routed import FAILED, PENDING
 from .errors import UsageError
 from .ledger import Ledger, State, StudyRecord
 from .settings import Settings
@@ -24,8 +26,12 @@ class Requeued:
     study_uid: str
     state: State
     batches: int
+    derivatives: tuple[str, ...] = ()
 
     def describe(self) -> str:
+        if self.derivatives:
+            return (f"study {self.study_uid}: derivative(s) {', '.join(self.derivatives)} pending again; "
+                    "the worker runs them")
         if self.batches:
             return f"study {self.study_uid}: {self.batches} batch(es) back in the queue ({self.state})"
         return f"study {self.study_uid}: back to {self.state}; the worker resumes it from there"
@@ -41,6 +47,8 @@ def kept_batches(settings: Settings, study: str) -> list[Path]:
 def requeue(settings: Settings, ledger: Ledger, study: str, *, only: State | None = None) -> Requeued:
     """Put a FAILED or QUARANTINED study back where the worker will pick it up."""
     record = ledger.require(study)
+    if record.state is State.MERGED and only is None:
+        return _requeue_derivatives(ledger, record)
     allowed = {only} if only else {State.FAILED, State.QUARANTINED}
     if record.state not in allowed:
         wanted = " or ".join(sorted(str(s) for s in allowed))
@@ -58,6 +66,19 @@ def requeue(settings: Settings, ledger: Ledger, study: str, *, only: State | Non
     resume = _last_good_state(ledger, record)
     ledger.transition(study, resume, attempt=0, counts={"requeued": True})
     return Requeued(study, resume, 0)
+
+
+def _requeue_derivatives(ledger: Ledger, record: StudyRecord) -> Requeued:
+    derivatives = record.details.get("derivatives")
+    failed = sorted(name for name, entry in (derivatives.items() if isinstance(derivatives, dict) else ())
+                    if isinstance(entry, dict) and entry.get("status") in (FAILED, "skipped"))
+    if not failed:
+        raise UsageError("the study is MERGED and none of its derivatives failed: nothing to retry",
+                         study=record.study_uid, hint="`bidsflux status --history --study UID` shows them")
+    assert isinstance(derivatives, dict)
+    ledger.merge_details(record.study_uid, {"derivatives": {
+        **derivatives, **{name: {"status": PENDING, "retried": True} for name in failed}}})
+    return Requeued(record.study_uid, State.MERGED, 0, tuple(failed))
 
 
 def _last_good_state(ledger: Ledger, record: StudyRecord) -> State:

@@ -102,3 +102,28 @@ def test_a_failing_derivative_is_told_and_the_conversion_stands(studies: tuple[S
     assert not forge.exists(), "a derivative that never succeeded leaves no project on the local forge"
     assert "qc/stats failed" in status(service, uid)
     assert "derivative qc/stats: failed - log in" in status(service, uid, "--history")
+
+
+def test_retry_runs_a_failed_derivative_again_once_its_input_is_there(studies: tuple[Service, str, str],
+                                                                       tmp_path: Path) -> None:
+    service, _, uid = studies
+    record = service.ledger.require(uid)
+    env = {**os.environ, **job_environment(service.settings, service.forge.token)}
+    # What the QC needed: the study's stats derivative, made by the same job command a pipeline runs.
+    made = subprocess.run(["bidsflux", "ci", "derive", "--bids-url", record.details["bids_url"], "--study", uid,
+                           "--name", "stats", "--command", "python -m bidsflux.derive.stats inputs/bids ."],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+
+    retried = subprocess.run(["bidsflux", "retry", uid, "--workdir", str(service.settings.workdir)],
+                             capture_output=True, text=True, env={**os.environ, "BIDSFLUX_FORGE_PORT": "0"}, timeout=120)
+    assert retried.returncode == 0, retried.stderr
+    assert "derivative(s) qc/stats pending again" in retried.stdout
+    service.wait_until_idle(uid, timeout=600)
+    entry = service.ledger.require(uid).details["derivatives"]["qc/stats"]
+    assert entry["status"] == "success" and entry["url"].endswith("/qc/stats.git")
+    assert "qc/stats success" in status(service, uid)
+
+    again = subprocess.run(["bidsflux", "retry", uid, "--workdir", str(service.settings.workdir)],
+                           capture_output=True, text=True, env={**os.environ, "BIDSFLUX_FORGE_PORT": "0"}, timeout=120)
+    assert again.returncode != 0 and "none of its derivatives failed" in again.stderr

@@ -13,7 +13,8 @@ from ._core import settings_from
 
 
 def register(sub: Any) -> None:
-    retry = sub.add_parser("retry", help="put a FAILED or QUARANTINED study back to work")
+    retry = sub.add_parser("retry", help="put a FAILED or QUARANTINED study back to work, or run a MERGED "
+                                         "study's failed derivatives again")
     retry.add_argument("study", help="StudyInstanceUID")
     retry.add_argument("--workdir", type=Path)
     retry.set_defaults(func=cmd_retry)
