@@ -3,8 +3,9 @@
 Nothing is counted in memory: every figure comes from the ledger, so the
 numbers survive restarts and agree with ``bidsflux status``.  Exposed:
 studies per state, age of the oldest study per state, instances and bytes
-received, and how long studies spent in each stage (a summary from the
-transitions).
+received, how long studies spent in each stage (a summary from the
+transitions), and the routed derivatives of merged studies per outcome (a
+failed derivative leaves its study MERGED, so alert on this too).
 """
 
 from __future__ import annotations
@@ -30,9 +31,15 @@ def render(ledger: Ledger, now: float | None = None) -> str:
     per_state: dict[str, int] = {str(state): 0 for state in State}
     oldest: dict[str, float] = {}
     instances = nbytes = 0
+    derivatives: dict[str, int] = {"pending": 0, "success": 0, "failed": 0}
     for record in records:
         state = str(record.state)
         per_state[state] += 1
+        routed = record.details.get("derivatives")
+        for entry in (routed.values() if isinstance(routed, dict) else ()):
+            if isinstance(entry, dict):
+                status = str(entry.get("status", "?"))
+                derivatives[status] = derivatives.get(status, 0) + 1
         oldest[state] = max(oldest.get(state, 0.0), now - record.updated_at)
         instances += record.instances
         nbytes += record.bytes
@@ -56,6 +63,9 @@ def render(ledger: Ledger, now: float | None = None) -> str:
         "# HELP bidsflux_received_bytes_total Bytes received, over all studies.",
         "# TYPE bidsflux_received_bytes_total counter",
         f"bidsflux_received_bytes_total {nbytes}",
+        "# HELP bidsflux_derivatives Routed derivatives of the studies, by outcome.",
+        "# TYPE bidsflux_derivatives gauge",
+        *(f'bidsflux_derivatives{{status="{_escape(s)}"}} {n}' for s, n in sorted(derivatives.items())),
         "# HELP bidsflux_stage_duration_seconds Time from the previous state to reaching this one.",
         "# TYPE bidsflux_stage_duration_seconds summary",
     ]

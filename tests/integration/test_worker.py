@@ -124,9 +124,14 @@ def test_metrics_from_the_ledger(service: Service) -> None:
     service.ledger.update("1.2.3", instances=5, bytes=5000)
     service.ledger.transition("1.2.3", State.COMPLETE)
     service.ledger.transition("1.2.4", State.FAILED, error="x")
+    service.ledger.transition("1.2.5", State.MERGED, details={"derivatives": {
+        "stats": {"status": "success"}, "qc/stats": {"status": "failed"}, "mriqc": {"status": "not run here"}}})
     text = render(service.ledger)
+    assert 'bidsflux_derivatives{status="failed"} 1' in text and 'bidsflux_derivatives{status="success"} 1' in text
+    assert 'bidsflux_derivatives{status="pending"} 0' in text
+    assert 'bidsflux_derivatives{status="not run here"} 1' in text
     assert 'bidsflux_studies{state="COMPLETE"} 1' in text and 'bidsflux_studies{state="FAILED"} 1' in text
-    assert 'bidsflux_studies{state="MERGED"} 0' in text
+    assert 'bidsflux_studies{state="MERGED"} 1' in text and 'bidsflux_studies{state="CONVERTED"} 0' in text
     assert "bidsflux_received_instances_total 5" in text and "bidsflux_received_bytes_total 5000" in text
     assert 'bidsflux_stage_duration_seconds_count{state="COMPLETE"} 1' in text
     server = MetricsServer(service.ledger, "127.0.0.1", 0).start()
