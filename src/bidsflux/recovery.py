@@ -45,7 +45,10 @@ def kept_batches(settings: Settings, study: str) -> list[Path]:
 
 
 def requeue(settings: Settings, ledger: Ledger, study: str, *, only: State | None = None) -> Requeued:
-    """Put a FAILED or QUARANTINED study back where the worker will pick it up."""
+    """Put a FAILED or QUARANTINED study back where the worker will pick it up.
+
+    A MERGED study (unless ``only`` is given) gets its failed derivatives pending again.
+    """
     record = ledger.require(study)
     if record.state is State.MERGED and only is None:
         return _requeue_derivatives(ledger, record)

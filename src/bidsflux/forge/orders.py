@@ -8,8 +8,9 @@ project's pipeline on ``dev`` with ``BIDSFLUX_PIPELINE=derivatives``, which
 runs the derivative jobs the study's ``.gitlab-ci.yml`` defines
 (ci-pipelines/derivatives.yml); any other name runs the pipeline of
 ``<group>/derivatives/<name>`` (or ``<group>/qc/<name>`` for ``qc/<name>``) on
-its default branch, for a derivative project with a pipeline of its own.  Either way the final status is kept in the study's
-ledger details under ``pipeline:<name>``.
+its default branch, for a derivative project with a pipeline of its own.
+Either way the final status is kept in the study's ledger details under
+``pipeline:<name>``.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ class _Checker:
         found = []
         for item in node.value:
             value = self.scalar(item, what, "str")
-            if value is not None and not pattern.match(value):
+            if value is not None and (not pattern.match(value) or ".." in value or value.endswith(".git")):
                 self.problem(item, f"{what}: {value!r} is not NAME or qc/NAME (NAME: lower-case letters, "
                                    "digits, _ . -)")
             elif value is not None:
