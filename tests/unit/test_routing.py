@@ -79,7 +79,8 @@ default:
     text = "\n".join(problems)
     for line, reason in [(3, "'PatientNam' is not a DICOM keyword"), (3, "not a valid regular expression"),
                          (4, "priority must be a whole number"), (5, "'first' is used twice"),
-                         (7, "{Nope} is not a DICOM keyword"), (8, "'Not Ok' is not NAME or qc/NAME"), (8, "'a..b' is not NAME or qc/NAME"),
+                         (7, "{Nope} is not a DICOM keyword"), (8, "'Not Ok' is not NAME or qc/NAME"),
+                         (8, "'a..b' is not NAME or qc/NAME"),
                          (9, "unknown key 'colour'"), (10, "has no name"), (12, "unknown key 'name'")]:
         assert any(p.startswith(f"{path}:{line}: ") and reason in p for p in problems), (line, reason, text)
     assert caught.value.exit_code == 2
