@@ -16,11 +16,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from bidsflux.forge._http import http_backend
 
 from .api import ROUTER, ApiError, Ctx, Response, check_scopes
 from .model import DEVELOPER, REPORTER
@@ -194,17 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
                "DOUBLE_PROTECTED": json.dumps(rules), "GL_REPOSITORY": f"project-{project.id}",
                "GL_ID": f"user-{user.id}" if user else "", "DOUBLE_SECRET": double.internal_secret,
                "DOUBLE_INTERNAL_API": f"http://{self._own_address()}{INTERNAL}"}
-        proc = subprocess.run(["git", "http-backend"], input=body, capture_output=True, env=env, check=False)
-        head, sep, payload = proc.stdout.partition(b"\r\n\r\n")
-        if not sep:
-            head, _, payload = proc.stdout.partition(b"\n\n")
-        status, headers = 200, []
-        for line in head.decode("latin-1").splitlines():
-            name, _, value = line.partition(":")
-            if name.lower() == "status":
-                status = int(value.strip().split()[0])
-            elif name:
-                headers.append((name, value.strip()))
+        status, headers, payload = http_backend(env, body)
         if before is not None and user is not None:
             with state.lock:
                 double.after_push(project, before, double.branches(project), user)

@@ -12,6 +12,7 @@ import hmac
 import logging
 import subprocess
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -95,24 +96,29 @@ class _Handler(BaseHTTPRequestHandler):
             "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
             "GIT_HTTP_MAX_REQUEST_BUFFER": "1000M",
         })
-        proc = subprocess.run(["git", "http-backend"], input=body, capture_output=True, env=env, check=False)
-        head, _, payload = proc.stdout.partition(b"\r\n\r\n")
-        if not _:
-            head, _, payload = proc.stdout.partition(b"\n\n")
-        status = 200
-        headers = []
-        for line in head.decode("latin-1").splitlines():
-            name, _, value = line.partition(":")
-            if name.lower() == "status":
-                status = int(value.strip().split()[0])
-            elif name:
-                headers.append((name, value.strip()))
+        status, headers, payload = http_backend(env, body)
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+
+def http_backend(env: Mapping[str, str], body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Run ``git http-backend`` as a CGI with ``env`` and the request ``body``: status, headers, payload."""
+    proc = subprocess.run(["git", "http-backend"], input=body, capture_output=True, env=dict(env), check=False)
+    head, sep, payload = proc.stdout.partition(b"\r\n\r\n")
+    if not sep:
+        head, _, payload = proc.stdout.partition(b"\n\n")
+    status, headers = 200, []
+    for line in head.decode("latin-1").splitlines():
+        name, _, value = line.partition(":")
+        if name.lower() == "status":
+            status = int(value.strip().split()[0])
+        elif name:
+            headers.append((name, value.strip()))
+    return status, headers, payload
 
 
 class _ForgeHTTPServer(ThreadingHTTPServer):
