@@ -21,6 +21,7 @@ from typing import Any
 from .. import __version__
 from .._proc import git, mask_secrets, run, tool_env
 from ..errors import DeriveError
+from ..forge._git import branch_heads
 
 DESCRIPTION = "dataset_description.json"
 JOB_ENTRY_NAME = "bids-flux"
@@ -41,12 +42,7 @@ def remote_heads(url: str, *, study: str | None) -> dict[str, str]:
     if proc.returncode != 0:
         tail = mask_secrets((proc.stderr or proc.stdout).strip(), tool_env())[-400:]
         raise DeriveError(f"cannot read {url}: {tail}", study=study)
-    heads = {}
-    for line in proc.stdout.splitlines():
-        sha, _, ref = line.partition("\t")
-        if ref.startswith("refs/heads/"):
-            heads[ref[len("refs/heads/"):]] = sha
-    return heads
+    return branch_heads(proc.stdout)
 
 
 def gitlinks(ds: Path, *, study: str | None, rev: str = "HEAD") -> dict[str, str]:

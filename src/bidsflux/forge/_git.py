@@ -59,8 +59,13 @@ def ls_remote(url_or_remote: str, env: Mapping[str, str], *, cwd: Path | None = 
     proc = run(["git", "ls-remote", "--heads", url_or_remote], cwd=cwd, env=env, check=False)
     if proc.returncode != 0:
         raise _failure(f"reading the branches of {url_or_remote}", proc.stderr or proc.stdout, env, study)
+    return branch_heads(proc.stdout)
+
+
+def branch_heads(ls_remote_output: str) -> dict[str, str]:
+    """Branch name -> commit, from the output of ``git ls-remote``."""
     heads = {}
-    for line in proc.stdout.splitlines():
+    for line in ls_remote_output.splitlines():
         sha, _, ref = line.partition("\t")
         if ref.startswith("refs/heads/"):
             heads[ref[len("refs/heads/"):]] = sha
