@@ -17,12 +17,10 @@ import datetime
 import ipaddress
 import logging
 import os
-import queue
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -35,6 +33,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from . import _datalad
+from ._scu import guard_responses, set_nodelay
 from ._settings_destinations import SENDER, Destination, host
 from ._settings_fields import aet
 from .errors import SendError, UsageError
@@ -166,35 +165,6 @@ def _return_to_sender(port: int | None, sender: tuple[str, str] | None) -> Desti
 
 # -- sending --------------------------------------------------------------------
 
-def _set_nodelay(event: evt.Event) -> None:
-    # C-STORE is a strict request/response exchange of small PDUs; without
-    # TCP_NODELAY, Nagle adds ~40 ms per object (see bidsflux.scanner._send).
-    sock = event.assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _SenderOnlyQueue(queue.Queue[Any]):
-    """A DIMSE queue only blocking readers can take from.
-
-    pynetdicom 3.0.4's reactor polls the queue that ``send_c_store`` waits on
-    and can swallow a C-STORE response (upstream #435, #875), leaving the
-    sender to time out; an SCU association never receives requests, so the
-    reactor is shown an empty queue.  Mirrors ``bidsflux.scanner._send``.
-    """
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if not block:
-            raise queue.Empty
-        return super().get(block, timeout)
-
-
-def _guard_responses(assoc: Association) -> None:
-    current = getattr(assoc.dimse, "msg_queue", None)
-    if isinstance(current, queue.Queue) and current.empty():
-        assoc.dimse.msg_queue = _SenderOnlyQueue()
-
-
 def _context_of(path: Path) -> tuple[str, str]:
     """(SOP class, transfer syntax as stored), or ValueError saying why the file cannot go."""
     try:
@@ -237,7 +207,7 @@ def _associate(destination: Destination, contexts: Sequence[tuple[str, str]], ca
 
     def opened(event: evt.Event) -> None:
         connected.append(True)
-        _set_nodelay(event)
+        set_nodelay(event)
 
     def received(event: evt.Event) -> None:
         # pynetdicom 3.0.4 may close the socket on a prompt A-ASSOCIATE-RJ before
@@ -259,7 +229,7 @@ def _associate(destination: Destination, contexts: Sequence[tuple[str, str]], ca
         rejection = answer if assoc.is_rejected else None
         raise _refusal(bool(connected), rejection or (rejected[0] if rejected else None), destination,
                        calling_aet, study)
-    _guard_responses(assoc)
+    guard_responses(assoc)
     return assoc
 
 

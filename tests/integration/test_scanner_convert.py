@@ -152,14 +152,14 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 def test_send_study_delivers_every_instance(storescp: tuple[int, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     port, out = storescp
     nodelay: list[int] = []
-    original = _send._set_nodelay
+    original = _send.set_nodelay
 
     def spy(event: Any) -> None:
         original(event)
         raw = event.assoc.dul.socket.socket
         nodelay.append(raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    monkeypatch.setattr(_send, "_set_nodelay", spy)
+    monkeypatch.setattr(_send, "set_nodelay", spy)
     calls: list[tuple[int, int]] = []
     result = send_study(StudySpec(), "127.0.0.1", port, progress=lambda done, total: calls.append((done, total)))
 

@@ -20,6 +20,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
+from bidsflux._scu import SenderOnlyQueue
 from bidsflux.errors import BidsfluxError, ScannerError
 from bidsflux.scanner import StudySpec, _csa, _send, generate_study, instance_count, study_uid, write_study
 
@@ -257,7 +258,7 @@ def test_spec_session_flows_into_the_scout_name() -> None:
 
 
 def test_reactor_cannot_take_responses_meant_for_the_sender() -> None:
-    responses = _send._SenderOnlyQueue()
+    responses = SenderOnlyQueue()
     responses.put((1, "C-STORE-RSP"))
     with pytest.raises(queue.Empty):  # the association reactor polls without blocking
         responses.get(block=False)

@@ -10,17 +10,15 @@ add up to ~40 ms of delay per instance on loopback.
 
 from __future__ import annotations
 
-import queue
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import EventHandlerType
 
+from bidsflux._scu import guard_responses, set_nodelay
 from bidsflux.errors import ScannerError
 from bidsflux.scanner._generate import StudySpec, generate_study, instance_count, study_uid
 
@@ -42,39 +40,6 @@ class SendResult:
     failed: int
     series: int
     bytes: int
-
-
-def _set_nodelay(event: evt.Event) -> None:
-    """EVT_CONN_OPEN handler: runs right after connect(), before A-ASSOCIATE-RQ."""
-    sock = event.assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _SenderOnlyQueue(queue.Queue[Any]):
-    """A DIMSE message queue that only blocking readers can take from.
-
-    pynetdicom 3.0.4's association reactor polls the same queue as
-    ``send_c_store`` (``get_msg(block=False)``), and its pause handshake has a
-    window in which it can take a C-STORE response meant for the sender, log
-    "Received unexpected C-STORE service message", drop it, and leave the
-    sender waiting for the DIMSE timeout and then aborting (upstream issues
-    #435, #875).  On loopback this hit about once per 10,000 instances.  An
-    SCU association never receives requests, so the reactor is simply shown
-    an empty queue; release, abort and timeouts still work as before.
-    """
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if not block:
-            raise queue.Empty
-        return super().get(block, timeout)
-
-
-def _guard_responses(assoc: Association) -> None:
-    """Swap in :class:`_SenderOnlyQueue` while the association is still idle."""
-    current = getattr(assoc.dimse, "msg_queue", None)
-    if isinstance(current, queue.Queue) and current.empty():
-        assoc.dimse.msg_queue = _SenderOnlyQueue()
 
 
 def _refusal(
@@ -136,7 +101,7 @@ def send_study(
 
     def _opened(event: evt.Event) -> None:
         connected.append(True)
-        _set_nodelay(event)
+        set_nodelay(event)
 
     def _count(event: evt.Event) -> None:
         wire[0] += len(event.data)
@@ -152,7 +117,7 @@ def send_study(
 
     sent = failed = done = 0
     series: set[str] = set()
-    _guard_responses(assoc)
+    guard_responses(assoc)
     try:
         if not any(cx.abstract_syntax == MRImageStorage for cx in assoc.accepted_contexts):
             raise ScannerError(f"DICOM peer {where} accepted the association but not MR Image Storage",
