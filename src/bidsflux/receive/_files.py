@@ -40,17 +40,23 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that the file is either absent or whole (the folder is not fsynced)."""
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    os.replace(write_temp(path.parent, memoryview(data), sync=True, prefix=".tmp-"), path)
+
+
+def write_temp(tmp_dir: Path, data: bytes | memoryview, *, sync: bool, prefix: str = "recv-") -> Path:
+    """A new file in ``tmp_dir`` holding ``data`` (flushed when ``sync``); nothing is left behind on failure."""
+    path = tmp_dir / f"{prefix}{uuid.uuid4().hex}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
-        write_all(fd, [memoryview(data)])
-        os.fsync(fd)
+        write_all(fd, [data])
+        if sync:
+            os.fdatasync(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    return path
 
 
 class Incoming:

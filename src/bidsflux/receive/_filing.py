@@ -12,11 +12,10 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from ._files import atomic_write, fsync_dir, write_all
+from ._files import atomic_write, fsync_dir, write_temp
 from ._part10 import NotPart10, read_part10
 
 
@@ -27,21 +26,6 @@ def data_set_of(data: bytes | memoryview) -> bytes:
         return raw[read_part10(raw[:65536]).data_offset:]
     except NotPart10:
         return raw
-
-
-def write_temp(tmp_dir: Path, data: bytes | memoryview, *, sync: bool) -> Path:
-    path = tmp_dir / f"recv-{uuid.uuid4().hex}"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    try:
-        write_all(fd, [data])
-        if sync:
-            os.fdatasync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return path
 
 
 def conflict_reason(sop_uid: str, received: bytes, existing: bytes) -> str:
