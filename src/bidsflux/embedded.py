@@ -394,8 +394,7 @@ class Service:
         for job in run.failed():
             found = routed.entry_of_job(job, entries)
             if found is not None:
-                tail = " | ".join(run.logs[job].read_text().splitlines()[-3:])
-                recorded[found]["error"] = f"log in {run.logs[job]}: {tail[-400:]}"
+                recorded[found]["error"] = run.log_tail(job, 400)
         self.ledger.merge_details(study, {"derivatives": recorded})
 
     def _follow_pipeline(self, study: str, record: StudyRecord) -> None:

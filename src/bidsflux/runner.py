@@ -58,6 +58,11 @@ class PipelineRun:
     def failed(self) -> list[str]:
         return [job for job in self.jobs if self.status.get(job) == "failed"]
 
+    def log_tail(self, job: str, limit: int) -> str:
+        """Where the job's log is and its last three lines (at most ``limit`` characters of them)."""
+        tail = " | ".join(self.logs[job].read_text().splitlines()[-3:])
+        return f"log in {self.logs[job]}: {tail[-limit:]}"
+
 
 JobDone = Callable[[str, dict[str, Any]], None]
 
@@ -143,6 +148,4 @@ def _outcome(job_dir: Path, script: list[str]) -> dict[str, Any]:
 def require_success(run: PipelineRun, *, study: str) -> None:
     """ConvertError naming the failed job and the tail of its log."""
     for job in run.failed():
-        tail = " | ".join(run.logs[job].read_text().splitlines()[-3:])
-        raise ConvertError(f"job {job} of the {run.kind} pipeline failed; log in {run.logs[job]}: {tail[-500:]}",
-                           study=study)
+        raise ConvertError(f"job {job} of the {run.kind} pipeline failed; {run.log_tail(job, 500)}", study=study)
